@@ -1,0 +1,73 @@
+"""KL(pi || pi_ref) per token: estimators, the PPO reward penalty and its coefficient controllers.
+
+With log_ratio = log pi - log pi_ref on tokens sampled from pi (Schulman's k1/k2/k3):
+  k1  log_ratio                          unbiased, can be negative
+  abs |log_ratio|
+  k2  0.5 * log_ratio^2                  (verl's "mse")
+  k3  exp(-log_ratio) - 1 + log_ratio    unbiased, always >= 0 (r - log r - 1 with r = pi_ref/pi)
+  low_var_kl  k3 with the log-ratio clamped to [-20, 20] and the result clamped to [-10, 10]
+As a loss term (GRPO) use `aggregate(kl_estimate(...), mask, mode)`; as a reward penalty (PPO,
+REINFORCE++) use `kl_penalty_rewards`.
+"""
+from __future__ import annotations
+
+import torch
+
+from .masked import masked_mean
+
+KL_ESTIMATORS = ("k1", "abs", "k2", "k3", "low_var_kl")
+
+
+def kl_estimate(logprob: torch.Tensor, ref_logprob: torch.Tensor, kind: str = "low_var_kl") -> torch.Tensor:
+    log_ratio = logprob - ref_logprob
+    if kind == "k1":
+        return log_ratio
+    if kind == "abs":
+        return log_ratio.abs()
+    if kind == "k2":
+        return 0.5 * log_ratio.square()
+    if kind == "k3":
+        return torch.exp(-log_ratio) - 1 + log_ratio
+    if kind == "low_var_kl":
+        log_ratio = log_ratio.clamp(-20, 20)
+        return (torch.exp(-log_ratio) - 1 + log_ratio).clamp(-10, 10)
+    raise ValueError(f"unknown KL estimator {kind!r}; expected one of {', '.join(KL_ESTIMATORS)}")
+
+
+def kl_penalty_rewards(token_rewards: torch.Tensor, logprob: torch.Tensor, ref_logprob: torch.Tensor,
+                       response_mask: torch.Tensor, coef: float, kind: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
+    """r_t - coef * KL_t on valid tokens; also returns the batch KL (mean over sequences of the
+    per-sequence token mean), the quantity the adaptive controller tracks."""
+    mask = response_mask.to(token_rewards.dtype)
+    kl = kl_estimate(logprob, ref_logprob, kind).to(token_rewards.dtype) * mask
+    batch_kl = masked_mean(kl, mask, dim=-1).mean()
+    return token_rewards - coef * kl, batch_kl
+
+
+class FixedKLController:
+    def __init__(self, coef: float):
+        self.value = float(coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController(FixedKLController):
+    """Proportional controller (Ziegler et al. 2019): moves the coefficient so the KL tracks `target`.
+
+    error = clip(KL / target - 1, -0.2, 0.2);  coef *= 1 + error * n_steps / horizon
+    """
+
+    def __init__(self, coef: float, target: float, horizon: int):
+        super().__init__(coef)
+        self.target, self.horizon = float(target), int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
