@@ -1,0 +1,352 @@
+"""The typed schema of one run.
+
+Every section forbids unknown keys; field-level checks live on the section, checks that span
+sections (parallel layout against the model, estimator against the critic, ...) live in
+`megatron_rl.config.checks`. Each component later receives only its own section.
+
+YAML loading, includes, dotted overrides, `${...}` interpolation and reading `model.hf_path` live in
+`megatron_rl.config.loader`; `RunConfig.model_validate` on a plain dict does none of that.
+
+Names follow what verl/slime users know where a name exists (clip_low/clip_high, dual_clip,
+loss_agg, kl estimator names, n_samples_per_prompt, ...).
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+# The literal sets below mirror the registries in megatron_rl.algorithms (a test keeps them equal);
+# the config layer does not import the algorithm code.
+AdvantageEstimator = Literal[
+    "gae", "grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "grpo_process"
+]
+LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+KLEstimator = Literal["k1", "abs", "k2", "k3", "low_var_kl"]
+RatioLevel = Literal["token", "sequence", "sequence-token"]
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline", "grpo_process")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = "run"
+    output_dir: str = "outputs/${run.name}"
+    seed: int = 1234
+
+
+class ModelConfig(Section):
+    """The architecture: from a local HF checkpoint (`hf_path`) or spelled out (presets in configs/models)."""
+
+    hf_path: Optional[str] = None
+    architecture: Literal["qwen2", "qwen3", "llama"] = "qwen2"
+    num_layers: Optional[int] = Field(None, ge=1)
+    hidden_size: Optional[int] = Field(None, ge=1)
+    ffn_hidden_size: Optional[int] = Field(None, ge=1)
+    num_attention_heads: Optional[int] = Field(None, ge=1)
+    num_query_groups: Optional[int] = Field(None, ge=1, validate_default=True)  # KV heads; default: heads
+    head_dim: Optional[int] = Field(None, ge=1)
+    vocab_size: Optional[int] = Field(None, ge=1)
+    max_position_embeddings: int = Field(4096, ge=1)
+    rope_theta: float = Field(1_000_000.0, gt=0)
+    rms_norm_eps: float = Field(1e-6, gt=0)
+    qkv_bias: Optional[bool] = Field(None, validate_default=True)  # default: qwen2 True, llama/qwen3 False
+    tie_word_embeddings: bool = False
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+
+    # Fields a spelled-out architecture must give (config.json gives them with hf_path).
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size"
+    )
+
+    @field_validator("num_query_groups")
+    @classmethod
+    def _groups_default_to_heads(cls, v, info: ValidationInfo):
+        return info.data.get("num_attention_heads") if v is None else v
+
+    @field_validator("qkv_bias")
+    @classmethod
+    def _bias_follows_architecture(cls, v, info: ValidationInfo):
+        return info.data.get("architecture") == "qwen2" if v is None else v
+
+    @model_validator(mode="after")
+    def _needs_a_source(self):
+        if self.hf_path is not None:
+            return self  # the loader fills the unset fields from <hf_path>/config.json
+        if self.num_layers is None:
+            raise ValueError(
+                "model needs either model.hf_path (a local HF checkpoint) or an architecture "
+                "(include a preset from configs/models/, e.g. include: [models/qwen2.5-0.5b.yaml])"
+            )
+        missing = [f for f in self.SHAPE_FIELDS if getattr(self, f) is None]
+        if missing:
+            raise ValueError(
+                f"model.{missing[0]} is not set: spell out {', '.join(missing)} or set model.hf_path"
+            )
+        return self
+
+    @property
+    def kv_channels(self) -> Optional[int]:
+        """Per-head dimension: head_dim when given, else hidden_size / num_attention_heads."""
+        if self.head_dim is not None:
+            return self.head_dim
+        if self.hidden_size is None or not self.num_attention_heads:
+            return None
+        return self.hidden_size // self.num_attention_heads
+
+
+class ClusterConfig(Section):
+    nnodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(1, ge=1)
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.gpus_per_node
+
+
+class ParallelConfig(Section):
+    """Training layout. Data parallel size is derived: world / (tensor * pipeline * context)."""
+
+    tensor: int = Field(1, ge=1)
+    pipeline: int = Field(1, ge=1)
+    virtual_pipeline: Optional[int] = Field(None, ge=1)
+    context: int = Field(1, ge=1)
+    expert: int = Field(1, ge=1)
+    sequence_parallel: bool = False
+
+    @model_validator(mode="after")
+    def _local_rules(self):
+        if self.sequence_parallel and self.tensor == 1:
+            raise ValueError("parallel.sequence_parallel needs parallel.tensor > 1: set it false or raise tensor")
+        if self.virtual_pipeline is not None and self.virtual_pipeline > 1 and self.pipeline == 1:
+            raise ValueError("parallel.virtual_pipeline > 1 needs parallel.pipeline > 1: drop it or raise pipeline")
+        return self
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tensor * self.pipeline * self.context
+
+    def data_parallel_size(self, world_size: int) -> int:
+        return world_size // self.model_parallel_size
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-6, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    grad_clip: Optional[float] = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_decay: Literal["constant", "linear", "cosine"] = "constant"
+    use_distributed_optimizer: bool = True
+
+    @model_validator(mode="after")
+    def _min_below_peak(self):
+        if self.lr_decay != "constant" and self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}: lower min_lr or raise lr")
+        return self
+
+
+class CriticOptimConfig(OptimConfig):
+    """The critic learns faster than the actor by default (and keeps that default when only other
+    optimizer keys are given, which `OptimConfig(lr=1e-5)` as a field default would not)."""
+
+    lr: float = Field(1e-5, gt=0)
+
+
+class ActorConfig(Section):
+    optim: OptimConfig = OptimConfig()
+    micro_batch_size: int = Field(1, ge=1)  # sequences per forward on one DP rank
+    recompute: Literal["none", "selective", "full"] = "none"
+
+
+class CriticConfig(Section):
+    enabled: bool = False
+    init_from: Literal["actor", "reward"] = "actor"
+    optim: CriticOptimConfig = CriticOptimConfig()
+    micro_batch_size: int = Field(1, ge=1)
+    warmup_steps: int = Field(0, ge=0)  # critic-only updates before the actor starts
+
+
+class ReferenceConfig(Section):
+    enabled: bool = True
+    reset_every: Optional[int] = Field(None, ge=1)  # copy actor -> reference every N steps (R1)
+
+
+class RewardSource(Section):
+    type: Literal["math", "format", "language", "python", "reward_model", "remote"]
+    weight: float = 1.0
+    path: Optional[str] = None  # `module:function` for python, checkpoint for reward_model, URL for remote
+
+    @model_validator(mode="after")
+    def _path_when_needed(self):
+        if self.type in ("python", "reward_model", "remote") and not self.path:
+            raise ValueError(
+                f"type '{self.type}' needs 'path' (module:function for python, a checkpoint for "
+                "reward_model, a URL for remote)"
+            )
+        return self
+
+
+class RewardConfig(Section):
+    sources: list[RewardSource] = [RewardSource(type="math")]
+    timeout_s: float = Field(10.0, gt=0)
+    workers: int = Field(4, ge=1)
+
+
+class SamplingConfig(Section):
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = -1  # -1: off
+    max_new_tokens: int = Field(1024, ge=1)
+    stop: list[str] = []
+    stop_token_ids: list[int] = []
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_off_or_positive(cls, v):
+        if v == 0 or v < -1:
+            raise ValueError("top_k must be -1 (off) or at least 1")
+        return v
+
+
+class EvalSamplingConfig(SamplingConfig):
+    """Greedy by default (kept when only other eval sampling keys are given)."""
+
+    temperature: float = Field(0.0, ge=0)
+
+
+class SGLangConfig(Section):
+    urls: list[str] = []  # attach to running servers; empty: launch `num_servers` of them
+    num_servers: int = Field(1, ge=1)
+    tp_size: int = Field(1, ge=1)
+    mem_fraction: float = Field(0.8, gt=0, le=1)
+    enable_memory_saver: bool = True
+    router_port: int = Field(30000, ge=1, le=65535)
+    base_port: int = Field(30010, ge=1, le=65535)
+    health_timeout_s: float = Field(600.0, gt=0)
+    max_concurrency: int = Field(256, ge=1)
+
+
+class RolloutConfig(Section):
+    engine: Literal["embedded", "sglang"] = "embedded"
+    placement: Literal["colocated", "disaggregated"] = "colocated"
+    n_samples_per_prompt: int = Field(8, ge=1)
+    sampling: SamplingConfig = SamplingConfig()
+    eval_sampling: EvalSamplingConfig = EvalSamplingConfig()
+    weight_sync: Literal["auto", "in_process", "tensor", "nccl", "disk"] = "auto"
+    bucket_mb: int = Field(512, ge=1)
+    check_parity: bool = False
+    sglang: SGLangConfig = SGLangConfig()
+
+
+class PolicyLossConfig(Section):
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.2, ge=0)
+    dual_clip: Optional[float] = Field(None, gt=1)  # lower bound c > 1 on the loss of negative advantages
+    ratio: RatioLevel = "token"  # token: PPO/GRPO; sequence: GSPO; sequence-token: GSPO-token
+    log_ratio_clamp: float = Field(20.0, gt=0)
+
+
+class KLConfig(Section):
+    placement: Literal["none", "reward", "loss"] = "none"  # reward: PPO penalty; loss: GRPO term
+    estimator: KLEstimator = "low_var_kl"
+    coef: float = Field(0.001, ge=0)
+    controller: Literal["fixed", "adaptive"] = "fixed"
+    target: Optional[float] = Field(None, gt=0)  # adaptive controller's target KL
+    horizon: int = Field(10000, ge=1)
+
+
+class ValueConfig(Section):
+    clip: Optional[float] = Field(0.2, gt=0)
+    coef: float = Field(1.0, gt=0)
+
+
+class DynamicSamplingConfig(Section):
+    enabled: bool = False
+    max_rounds: int = Field(10, ge=1)  # extra generation rounds before giving up on a full batch
+
+
+class OverlongConfig(Section):
+    enabled: bool = False
+    buffer_len: int = Field(512, ge=1)  # L_cache: soft-penalty zone before max_new_tokens
+    penalty: float = Field(1.0, ge=0)
+
+
+class MismatchConfig(Section):
+    """Train/inference mismatch correction from rollout logprobs."""
+
+    mode: Literal["none", "truncate", "mask"] = "none"  # truncated IS (TIS) or masked IS (MIS)
+    level: Literal["token", "sequence", "geometric"] = "token"
+    upper: float = Field(2.0, gt=1)
+    lower: Optional[float] = Field(None, gt=0, lt=1)
+
+
+class AlgorithmConfig(Section):
+    advantage: AdvantageEstimator = "grpo"
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
+    norm_adv_by_std: bool = True  # false: Dr.GRPO
+    whiten_advantages: bool = True  # GAE: masked whitening over the batch
+    policy_loss: PolicyLossConfig = PolicyLossConfig()
+    loss_agg: LossAgg = "token-mean"
+    entropy_coef: float = Field(0.0, ge=0)
+    kl: KLConfig = KLConfig()
+    value: ValueConfig = ValueConfig()
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
+    overlong: OverlongConfig = OverlongConfig()
+    mismatch: MismatchConfig = MismatchConfig()
+    prompts_per_step: int = Field(32, ge=1)  # global batch, in prompts
+    mini_batch_prompts: int = Field(32, ge=1)  # one optimizer step, in prompts
+    epochs: int = Field(1, ge=1)  # passes over one rollout batch
+
+
+class DataConfig(Section):
+    train_path: Optional[str] = None
+    eval_path: Optional[str] = None
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    max_prompt_len: int = Field(1024, ge=1)
+    apply_chat_template: bool = True
+    shuffle: bool = True
+
+
+class CheckpointConfig(Section):
+    dir: str = "${run.output_dir}/checkpoints"
+    save_every: Optional[int] = Field(None, ge=1)
+    keep_last: int = Field(2, ge=1)
+    resume: Literal["auto", "never"] = "auto"
+
+
+class LoggingConfig(Section):
+    log_every: int = Field(1, ge=1)
+    jsonl: bool = True
+    tensorboard: bool = False
+    wandb_project: Optional[str] = None
+    plot: bool = True
+
+
+class TrainerConfig(Section):
+    total_steps: int = Field(100, ge=1)
+    eval_every: Optional[int] = Field(None, ge=1)
+
+
+class RunConfig(Section):
+    run: RunSection = RunSection()
+    model: ModelConfig
+    cluster: ClusterConfig = ClusterConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    actor: ActorConfig = ActorConfig()
+    critic: CriticConfig = CriticConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    reward: RewardConfig = RewardConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    data: DataConfig = DataConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    trainer: TrainerConfig = TrainerConfig()

@@ -1,0 +1,20 @@
+"""The config schema's choices and the algorithm registries name the same things."""
+import typing
+
+from megatron_rl import algorithms as A
+from megatron_rl.config import schema
+
+
+def _choices(annotation) -> set:
+    return set(typing.get_args(annotation))
+
+
+def test_schema_literals_match_algorithm_registries():
+    assert _choices(schema.AdvantageEstimator) == set(A.ADVANTAGE_ESTIMATORS)
+    assert _choices(schema.LossAgg) == set(A.LOSS_AGG_MODES)
+    assert _choices(schema.KLEstimator) == set(A.KL_ESTIMATORS)
+    assert _choices(schema.RatioLevel) == set(A.RATIO_LEVELS)
+    mismatch = schema.MismatchConfig.model_fields
+    assert _choices(mismatch["level"].annotation) == set(A.MISMATCH_LEVELS)
+    assert _choices(mismatch["mode"].annotation) == {"none", *A.MISMATCH_MODES}
+    assert set(schema.GROUP_ESTIMATORS) <= set(A.ADVANTAGE_ESTIMATORS) - {"gae", "reinforce_plus_plus"}
