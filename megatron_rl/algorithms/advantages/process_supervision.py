@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..masked import group_ids
+from .group_relative import group_stats
 
 
 def process_supervision_advantages(step_rewards: torch.Tensor, step_end_mask: torch.Tensor,
@@ -18,14 +19,10 @@ def process_supervision_advantages(step_rewards: torch.Tensor, step_end_mask: to
     """
     with torch.no_grad():
         ends = step_end_mask.to(torch.bool) & response_mask.to(torch.bool)
-        ids, num_groups = group_ids(group_index, step_rewards.device)
+        ids, _ = group_ids(group_index, step_rewards.device)
         rewards = step_rewards.float() if step_rewards.dtype != torch.float64 else step_rewards
-        row_group = ids[:, None].expand_as(rewards)[ends]
         vals = rewards[ends]
-        count = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, row_group, torch.ones_like(vals))
-        mean = (torch.zeros_like(count).index_add_(0, row_group, vals) / count.clamp(min=1))[row_group]
-        sq = torch.zeros_like(count).index_add_(0, row_group, (vals - mean) ** 2)
-        std = (sq / (count - 1).clamp(min=1)).sqrt()[row_group]
+        mean, std, _ = group_stats(vals, ids[:, None].expand_as(rewards)[ends])  # over every step of a group
         normalized = torch.zeros_like(rewards)
         normalized[ends] = (vals - mean) / (std + eps)
         # reverse cumulative sum along the response: sum over steps ending at or after t
