@@ -19,6 +19,8 @@ from typing import Iterable, Optional
 
 import torch
 
+from .masked import as_float, masked_sum
+
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
@@ -31,8 +33,9 @@ def aggregate(per_token: torch.Tensor, response_mask: torch.Tensor, mode: str = 
               normalizer: Optional[float | torch.Tensor] = None) -> torch.Tensor:
     """Aggregate a [B, L] per-token quantity to a scalar; `normalizer` overrides the denominator."""
     _check(mode)
+    per_token = as_float(per_token)
     mask = response_mask.to(per_token.dtype)
-    token_sum = (per_token * mask).sum(-1)  # [B]
+    token_sum = masked_sum(per_token, mask, dim=-1)  # [B]
     if mode == "seq-mean-token-mean":
         token_sum = token_sum / mask.sum(-1).clamp(min=1)
     numerator = token_sum.sum()
@@ -44,11 +47,12 @@ def aggregate(per_token: torch.Tensor, response_mask: torch.Tensor, mode: str = 
 
 
 def _count(response_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    valid = response_mask != 0  # count on booleans: a bf16/fp16 sum of ones rounds or overflows
     if mode == "token-mean":
-        count = response_mask.sum()
+        count = valid.sum()
     else:
-        count = (response_mask.sum(-1) > 0).sum()  # sequences with at least one valid token
-    return count.to(torch.float64 if response_mask.dtype == torch.float64 else torch.float32)
+        count = valid.any(-1).sum()  # sequences with at least one valid token
+    return as_float(count)
 
 
 def local_normalizer(response_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -62,11 +66,13 @@ def local_normalizer(response_mask: torch.Tensor, mode: str) -> torch.Tensor:
 def global_normalizer(masks: Iterable[torch.Tensor], mode: str, norm_len: Optional[int] = None) -> torch.Tensor:
     """Denominator for a batch held as several pieces (micro-batches), for split-invariant losses.
 
-    For seq-mean-token-sum-norm the denominator is a constant: `norm_len` if given (the configured
-    generation budget, as Dr.GRPO prescribes), else the longest padded length among the pieces.
+    For seq-mean-token-sum-norm the denominator is the constant `norm_len` (the configured generation
+    budget, as Dr.GRPO prescribes); it is required, since each rank's padding differs.
     """
     _check(mode)
     masks = list(masks)
     if mode == "seq-mean-token-sum-norm":
-        return torch.tensor(float(norm_len if norm_len is not None else max(m.shape[-1] for m in masks)))
+        if norm_len is None:
+            raise ValueError("seq-mean-token-sum-norm needs norm_len (the generation budget) for a global normalizer")
+        return torch.tensor(float(norm_len))
     return sum(_count(m, mode) for m in masks).clamp(min=1)

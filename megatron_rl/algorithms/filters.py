@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .advantages.group_relative import group_stats
+from .masked import group_ids
 
 
 def informative_group_mask(scores: torch.Tensor, group_index) -> torch.Tensor:
@@ -12,5 +12,8 @@ def informative_group_mask(scores: torch.Tensor, group_index) -> torch.Tensor:
     A group where every sample has the same reward (all right, all wrong) gets zero
     group-relative advantage and contributes no gradient: DAPO drops it and samples more prompts.
     """
-    _, std, _ = group_stats(scores, group_index)
-    return std > 0
+    # max != min, not std > 0: a rounded fp32 group mean gives identical scores a tiny nonzero std
+    ids, num_groups = group_ids(group_index, scores.device)
+    hi = scores.new_full((num_groups,), float("-inf")).scatter_reduce(0, ids, scores, "amax")
+    lo = scores.new_full((num_groups,), float("inf")).scatter_reduce(0, ids, scores, "amin")
+    return (hi > lo)[ids]

@@ -4,8 +4,9 @@ With log_ratio = log pi - log pi_ref on tokens sampled from pi (Schulman's k1/k2
   k1  log_ratio                          unbiased, can be negative
   abs |log_ratio|
   k2  0.5 * log_ratio^2                  (verl's "mse")
-  k3  exp(-log_ratio) - 1 + log_ratio    unbiased, always >= 0 (r - log r - 1 with r = pi_ref/pi)
-  low_var_kl  k3 with the log-ratio clamped to [-20, 20] and the result clamped to [-10, 10]
+  k3  exp(-log_ratio) - 1 + log_ratio    unbiased, always >= 0 (r - log r - 1 with r = pi_ref/pi);
+                                         log-ratio clamped to [-20, 20] against overflow
+  low_var_kl  k3 with the result clamped to [-10, 10] (verl's "k3" is this clamped form)
 As a loss term (GRPO) use `aggregate(kl_estimate(...), mask, mode)`; as a reward penalty (PPO,
 REINFORCE++) use `kl_penalty_rewards`.
 """
@@ -13,24 +14,25 @@ from __future__ import annotations
 
 import torch
 
-from .masked import masked_mean
+from .masked import as_float, masked_mean
 
 KL_ESTIMATORS = ("k1", "abs", "k2", "k3", "low_var_kl")
 
 
 def kl_estimate(logprob: torch.Tensor, ref_logprob: torch.Tensor, kind: str = "low_var_kl") -> torch.Tensor:
-    log_ratio = logprob - ref_logprob
+    """Per-token estimate, in fp32 (fp64 for fp64 inputs) whatever the input dtype."""
+    log_ratio = as_float(logprob) - as_float(ref_logprob)
     if kind == "k1":
         return log_ratio
     if kind == "abs":
         return log_ratio.abs()
     if kind == "k2":
         return 0.5 * log_ratio.square()
-    if kind == "k3":
-        return torch.exp(-log_ratio) - 1 + log_ratio
-    if kind == "low_var_kl":
+    if kind in ("k3", "low_var_kl"):
+        # expm1 keeps k3 >= 0 for tiny log-ratios, where exp(-x) - 1 + x cancels to noise
         log_ratio = log_ratio.clamp(-20, 20)
-        return (torch.exp(-log_ratio) - 1 + log_ratio).clamp(-10, 10)
+        k3 = torch.expm1(-log_ratio) + log_ratio
+        return k3 if kind == "k3" else k3.clamp(-10, 10)
     raise ValueError(f"unknown KL estimator {kind!r}; expected one of {', '.join(KL_ESTIMATORS)}")
 
 
@@ -39,8 +41,9 @@ def kl_penalty_rewards(token_rewards: torch.Tensor, logprob: torch.Tensor, ref_l
     """r_t - coef * KL_t on valid tokens; also returns the batch KL (mean over sequences of the
     per-sequence token mean), the quantity the adaptive controller tracks."""
     mask = response_mask.to(token_rewards.dtype)
-    kl = kl_estimate(logprob, ref_logprob, kind).to(token_rewards.dtype) * mask
-    batch_kl = masked_mean(kl, mask, dim=-1).mean()
+    kl = torch.where(mask.bool(), kl_estimate(logprob, ref_logprob, kind).to(token_rewards.dtype), 0.0) * mask
+    valid_rows = mask.sum(-1) > 0  # rows filtered out (e.g. by dynamic sampling) are not zero-KL samples
+    batch_kl = masked_mean(kl, mask, dim=-1)[valid_rows].mean() if valid_rows.any() else kl.new_zeros(())
     return token_rewards - coef * kl, batch_kl
 
 

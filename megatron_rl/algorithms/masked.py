@@ -4,8 +4,14 @@ from __future__ import annotations
 import torch
 
 
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """Compute in fp32 (fp64 stays fp64): bf16/fp16 counts and exp() round or overflow."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    x = x * mask
+    # where(), not x * mask: a NaN or inf at a masked position must not leak into the sum
+    x = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device)) * mask
     return x.sum() if dim is None else x.sum(dim)
 
 

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .kl import kl_estimate
-from .masked import masked_mean, masked_sum
+from .masked import as_float, masked_mean, masked_sum
 
 MISMATCH_LEVELS = ("token", "sequence", "geometric")
 MISMATCH_MODES = ("truncate", "mask")
@@ -31,8 +31,10 @@ def mismatch_importance_weights(old_logprob: torch.Tensor, rollout_logprob: torc
     if level not in MISMATCH_LEVELS or mode not in MISMATCH_MODES:
         raise ValueError(f"mismatch level/mode must be in {MISMATCH_LEVELS}/{MISMATCH_MODES} (got {level}/{mode})")
     with torch.no_grad():
+        old_logprob, rollout_logprob = as_float(old_logprob), as_float(rollout_logprob)
         mask = response_mask.to(old_logprob.dtype)
-        log_w = (old_logprob - rollout_logprob) * mask
+        diff = torch.where(mask.bool(), old_logprob - rollout_logprob, 0.0)  # padding may hold -inf
+        log_w = diff
         if level == "sequence":
             log_w = masked_sum(log_w, mask, dim=-1)[:, None].expand_as(log_w)
         elif level == "geometric":
@@ -44,13 +46,13 @@ def mismatch_importance_weights(old_logprob: torch.Tensor, rollout_logprob: torc
             low = lower if lower is not None else 1.0 / upper
             keep = mask.bool() & (w <= upper) & (w >= low)
             weights = w * keep
-        gap = (old_logprob - rollout_logprob).abs()
+        gap = diff.abs()
         metrics = {
             "mismatch_weight_mean": masked_mean(weights, mask),
             "mismatch_clipped_frac": masked_mean((w > upper).to(mask.dtype), mask),
             "mismatch_masked_frac": masked_mean((~keep).to(mask.dtype), mask),
             "mismatch_abs_logprob_gap": masked_mean(gap, mask),
             # KL(pi_rollout || pi_train) on the engine's own samples
-            "mismatch_kl_k3": masked_mean(kl_estimate(rollout_logprob, old_logprob, "k3"), mask),
+            "mismatch_kl_k3": masked_mean(kl_estimate(-diff, torch.zeros_like(diff), "k3"), mask),
         }
     return weights * mask, keep, metrics

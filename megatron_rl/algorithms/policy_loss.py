@@ -8,7 +8,9 @@ The gradient is zero wherever a clipped branch wins. Ratio levels:
     sequence        GSPO: s = exp(mean_t(logp_t - old_t)) on every token of the sequence
     sequence-token  GSPO-token: value s, gradient of r_t (s * pi_t / sg(pi_t)), so token-varying
                     advantages can be used; equals `sequence` when A is constant over a sequence
-The log-ratio is clamped to [-log_ratio_clamp, log_ratio_clamp] before exp.
+The log-ratio is clamped to [-log_ratio_clamp, log_ratio_clamp] before exp. `agg` defaults to
+token-mean for every ratio level; the GSPO objective is `ratio="sequence", agg="seq-mean-token-mean"`
+(configs/algorithms/gspo.yaml sets both).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Optional
 import torch
 
 from .aggregation import aggregate
-from .masked import masked_mean
+from .masked import as_float, masked_mean
 
 RATIO_LEVELS = ("token", "sequence", "sequence-token")
 
@@ -44,7 +46,17 @@ def policy_loss(logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: to
     denominator of `aggregate` for split-invariant micro-batching."""
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (got {dual_clip})")
+    if advantages.dim() != 2 or advantages.shape[0] != logprob.shape[0] or advantages.shape[1] not in (1, logprob.shape[1]):
+        raise ValueError(f"advantages must be [B, L] or [B, 1] for logprob {tuple(logprob.shape)}, "
+                         f"got {tuple(advantages.shape)} (a per-sequence [B] tensor needs [:, None])")
+    # fp32 math (fp16 exp overflows above ~11); masked positions get log-ratio 0 so padding with
+    # -inf logprobs cannot turn into NaN
+    logprob, old_logprob = as_float(logprob), as_float(old_logprob)
+    advantages = as_float(advantages).detach()
     mask = response_mask.to(logprob.dtype)
+    valid = mask.bool()
+    zero = torch.zeros((), dtype=logprob.dtype, device=logprob.device)
+    logprob, old_logprob = torch.where(valid, logprob, zero), torch.where(valid, old_logprob, zero)
     log_ratio = _log_ratio(logprob, old_logprob, mask, ratio, log_ratio_clamp)
     r = torch.exp(log_ratio)
     unclipped = -advantages * r

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .aggregation import aggregate
-from .masked import masked_mean
+from .masked import as_float, masked_mean, masked_var
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
@@ -16,6 +16,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 
     Returns (loss, metrics) with vf_clipfrac, the share of tokens where the clipped term is larger.
     """
+    values, old_values, returns = as_float(values), as_float(old_values), as_float(returns).detach()
     mask = response_mask.to(values.dtype)
     unclipped = (values - returns).square()
     if clip is None:
@@ -29,7 +30,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         metrics = {
             "vf_clipfrac": masked_mean(clip_won.to(mask.dtype), mask),
             "vpred_mean": masked_mean(values, mask),
-            "vf_explained_var": 1 - masked_mean((returns - values).square(), mask)
-            / masked_mean((returns - masked_mean(returns, mask)).square(), mask).clamp(min=1e-8),
+            # verl's definition: 1 - Var(R - V) / (Var(R) + 1e-5), unbiased masked variances
+            "vf_explained_var": 1 - masked_var(returns - values, mask) / (masked_var(returns, mask) + 1e-5),
         }
     return loss, metrics

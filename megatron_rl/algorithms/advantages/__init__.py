@@ -40,7 +40,7 @@ def _gae(*, token_rewards, response_mask, values=None, gamma=1.0, lam=1.0, white
 def _group(leave_one_out: bool):
     def estimator(*, token_rewards, response_mask, group_index=None, norm_by_std=True, eps=1e-6, **_):
         _needs("rloo" if leave_one_out else "grpo", group_index=group_index)
-        scores = _outcome(token_rewards, response_mask)
+        scores = _outcome(token_rewards.detach(), response_mask)
         adv = group_relative_advantages(scores, group_index, std_normalize=norm_by_std and not leave_one_out,
                                         leave_one_out=leave_one_out, eps=eps)
         adv = adv.to(token_rewards.dtype)[:, None] * response_mask.to(token_rewards.dtype)

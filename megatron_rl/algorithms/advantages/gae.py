@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..masked import masked_whiten
+from ..masked import as_float, masked_whiten
 
 
 def gae(token_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor,
@@ -13,8 +13,10 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.
     Positions where the mask is 0 are skipped, not treated as episode ends: the recursion passes
     through them unchanged (so an interior mask, e.g. tool output inside a response, links the
     tokens around it), and V after the last valid token is 0. Returns = A + V, taken before the
-    optional masked whitening of A. Both outputs are 0 where the mask is 0.
+    optional masked whitening of A. Both outputs are 0 where the mask is 0, and fp32 (fp64 for
+    fp64 inputs) whatever the input dtype.
     """
+    values, token_rewards = as_float(values).detach(), as_float(token_rewards).detach()
     mask = response_mask.to(values.dtype)
     batch, length = values.shape
     next_value = values.new_zeros(batch)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..masked import masked_whiten
+from ..masked import as_float, masked_whiten
 from .group_relative import group_stats
 
 
@@ -23,6 +23,7 @@ def reinforce_plus_plus_advantages(token_rewards: torch.Tensor, response_mask: t
                                    gamma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++: advantages = batch-whitened discounted returns (KL usually sits in the rewards)."""
     with torch.no_grad():
+        token_rewards = as_float(token_rewards)
         mask = response_mask.to(token_rewards.dtype)
         returns = discounted_returns(token_rewards, mask, gamma)
         return masked_whiten(returns, mask) * mask, returns
@@ -30,8 +31,11 @@ def reinforce_plus_plus_advantages(token_rewards: torch.Tensor, response_mask: t
 
 def reinforce_plus_plus_baseline_advantages(token_rewards: torch.Tensor, response_mask: torch.Tensor,
                                             group_index) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE++ with a group baseline: (score - group mean) on every token, whitened over the batch."""
+    """REINFORCE++ with a group baseline: (score - group mean) on every token, whitened over the batch.
+
+    A group of one is its own mean, so its centred score is 0 (verl passes the raw score through)."""
     with torch.no_grad():
+        token_rewards = as_float(token_rewards)
         mask = response_mask.to(token_rewards.dtype)
         scores = (token_rewards * mask).sum(-1)
         mean, _, _ = group_stats(scores, group_index)
