@@ -234,9 +234,7 @@ def with_defaults(data: Union[dict, DictConfig]) -> DictConfig:
 def build_config(data: Union[dict, DictConfig], world_size: Optional[int] = None) -> RunConfig:
     """Plain (or OmegaConf) config data -> validated RunConfig: defaults, interpolation, hf_path,
     pydantic, cross-section checks."""
-    if isinstance(data, DictConfig):
-        data = OmegaConf.to_container(data, resolve=False)
-    resolved = _resolve(_deep_merge(_schema_defaults(), {k: v for k, v in data.items() if k != "include"}))
+    resolved = _resolve(with_defaults(data))
     if isinstance(resolved.get("model"), dict):
         resolved["model"] = fill_model_from_hf(resolved["model"])
     try:
