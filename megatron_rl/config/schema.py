@@ -55,6 +55,9 @@ class ModelConfig(Section):
     qkv_bias: Optional[bool] = Field(None, validate_default=True)  # default: qwen2 True, llama/qwen3 False
     tie_word_embeddings: bool = False
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # logprob/entropy/policy-loss kernels: triton (fused), reference (eager torch), or auto (triton
+    # where it can run: a GPU, or TRITON_INTERPRET=1 on CPU)
+    kernels: Literal["auto", "triton", "reference"] = "auto"
 
     # Fields a spelled-out architecture must give (config.json gives them with hf_path).
     SHAPE_FIELDS: ClassVar[tuple[str, ...]] = (
