@@ -147,6 +147,8 @@ def build_model(role: str, model: ModelConfig, parallel: ParallelConfig, *, reco
             rotary_base=int(model.rope_theta) if float(model.rope_theta).is_integer() else model.rope_theta,
             vp_stage=stage,
         )
+        if not perform_initialization:
+            _mark_tensor_parallel(gpt)
         if value_head and post:
             gpt.output_layer = ValueHead(model.hidden_size, config.params_dtype)
         if role == "reference":
@@ -154,6 +156,27 @@ def build_model(role: str, model: ModelConfig, parallel: ParallelConfig, *, reco
             gpt.requires_grad_(False)
         chunks.append(gpt)
     return chunks
+
+
+def _mark_tensor_parallel(model: nn.Module) -> None:
+    """Tag TP-split parameters the way Megatron's initialisers do.
+
+    megatron-core sets `tensor_model_parallel` only inside its weight initialisers, so with
+    perform_initialization=False (weights about to be loaded) a split weight looks replicated and
+    TP rank 1+ leaves it out of the gradient norm: clipping then uses too small a norm.
+    """
+    from megatron.core import tensor_parallel as tpl
+
+    kinds = ((tpl.ColumnParallelLinear, 0), (tpl.RowParallelLinear, 1), (tpl.VocabParallelEmbedding, 0))
+    for module in model.modules():
+        for cls, dim in kinds:
+            if isinstance(module, cls):
+                for name in ("weight", "bias"):
+                    param = getattr(module, name, None)
+                    if name == "bias" and cls is tpl.RowParallelLinear:
+                        continue  # a row-parallel bias is added after the reduction: replicated
+                    if isinstance(param, nn.Parameter) and not hasattr(param, "tensor_model_parallel"):
+                        tpl.set_tensor_model_parallel_attributes(param, True, dim if name == "weight" else 0, 1)
 
 
 def global_layer_index(chunk: nn.Module) -> dict[int, int]:

@@ -1,0 +1,151 @@
+"""Training steps: Megatron at TP=2, DP=2 and PP=2 reproduces plain transformers + AdamW on the same
+mini-batch (loss normalisation across micro-batches and DP ranks included); the critic's value head
+learns a toy regression; a reward model scores as transformers' sequence classifier does."""
+import torch
+
+from dist_harness import run_ranks
+from hf_models import make_hf_model, model_config
+
+LR, CLIP, STEPS = 3e-3, 1.0, 3
+
+
+def _batch(vocab, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (4, 10), generator=g)
+    mask = torch.zeros(4, 10)
+    for row, (start, stop) in enumerate([(3, 10), (4, 6), (2, 9), (5, 10)]):  # uneven response spans
+        mask[row, start:stop] = 1
+    return ids, mask
+
+
+def _hf_losses(hf, ids, mask):
+    opt = torch.optim.AdamW(hf.parameters(), lr=LR, weight_decay=0.0)
+    losses = []
+    for _ in range(STEPS):
+        logp = torch.log_softmax(hf(ids).logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+        loss = -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        opt.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), CLIP)
+        opt.step()
+        losses.append((loss.item(), norm.item()))
+    return losses
+
+
+def _train_worker(hf_dir, arch, tp, pp, ids, mask):
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    from megatron_rl.config.schema import OptimConfig, ParallelConfig
+    from megatron_rl.models.forward import _vocab_mask_padding
+    from megatron_rl.models.role import MegatronRole
+    from megatron_rl.parallel import init_parallel
+
+    model, parallel = model_config(arch), ParallelConfig(tensor=tp, pipeline=pp)
+    init_parallel(parallel, seed=3)
+    actor = MegatronRole.build("actor", model, parallel, OptimConfig(lr=LR, grad_clip=CLIP), total_steps=STEPS,
+                               hf_path=hf_dir)
+    total_tokens = mask[:, 1:].sum()  # the global normaliser: every token of the mini-batch
+
+    def loss_fn(logits, mb):
+        logits = _vocab_mask_padding(logits, model.vocab_size)
+        nll = vocab_parallel_cross_entropy(logits[:, :-1].contiguous(), mb["input_ids"][:, 1:].contiguous())
+        return (nll * mb["mask"][:, 1:]).sum() / total_tokens, {"tokens": mb["mask"][:, 1:].sum()}
+
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    rows = slice(dp_rank * 4 // dp, (dp_rank + 1) * 4 // dp)
+    mine = {"input_ids": ids[rows], "mask": mask[rows]}
+    micro = [{k: v[i:i + 1] for k, v in mine.items()} for i in range(mine["input_ids"].shape[0])]
+    return [actor.train_step(micro, loss_fn) for _ in range(STEPS)]
+
+
+def test_train_steps_match_transformers_at_tp2_dp2_pp2(tmp_path):
+    arch = "qwen2"
+    hf = make_hf_model(arch, seed=torch.randint(0, 2**31, ()).item())
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    ids, mask = _batch(model_config(arch).vocab_size, seed=1)
+    expected, norms = zip(*_hf_losses(hf, ids, mask))
+    assert expected[-1] < expected[0]  # it trains at all
+    for tp, pp in [(2, 1), (1, 1), (1, 2)]:  # on 2 ranks: TP=2, DP=2, PP=2
+        for rank, steps in enumerate(run_ranks(_train_worker, 2, str(tmp_path / "hf"), arch, tp, pp, ids, mask)):
+            got = [s["loss"] for s in steps]
+            assert all(abs(g - e) < 2e-5 for g, e in zip(got, expected)), (tp, pp, rank, got, expected)
+            assert steps[0]["tokens"] == mask[:, 1:].sum() / 4  # mean over the 4 micro-batch pieces
+            # clipping uses the full norm (a TP-split weight counted on every TP rank, a replicated one once)
+            assert all(abs(s["grad_norm"] - n) < 1e-4 * n for s, n in zip(steps, norms)), (tp, pp, steps, norms)
+
+
+def _critic_worker(hf_dir, arch, out_dir):
+    from megatron_rl.algorithms import value_loss
+    from megatron_rl.config.schema import OptimConfig, ParallelConfig
+    from megatron_rl.models.hf_io import save_hf
+    from megatron_rl.models.role import MegatronRole
+    from megatron_rl.parallel import init_parallel
+
+    model, parallel = model_config(arch), ParallelConfig(tensor=2)
+    init_parallel(parallel, seed=5)
+    critic = MegatronRole.build("critic", model, parallel, OptimConfig(lr=1e-2, grad_clip=1.0), hf_path=hf_dir)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.vocab_size - 1, (8, 12), generator=g)  # the last id is kept for padding
+    target = (ids % 2).float() * 2 - 1  # +1 after odd tokens, -1 after even ones: a per-token regression
+    mask = torch.ones_like(target)
+    before = critic.score({"input_ids": ids}, micro_batch_size=4)["values"]
+
+    def loss_fn(values, mb):
+        v = values[..., 0].float()
+        loss, metrics = value_loss(v, v.detach(), mb["target"], mb["mask"], clip=None)
+        return loss / 2, {"vf_explained_var": metrics["vf_explained_var"]}  # two micro-batches
+
+    batch = {"input_ids": ids, "target": target, "mask": mask}
+    losses = [critic.train_step([{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}],
+                                loss_fn)["loss"] for _ in range(40)]
+    after = critic.score({"input_ids": ids}, micro_batch_size=4)["values"]
+    save_hf(critic.chunks, out_dir, model, role="critic")
+    return before, after, target, losses, ids
+
+
+def test_critic_learns_a_toy_regression_and_exports_as_a_classifier(tmp_path):
+    import transformers
+
+    arch = "qwen2"
+    make_hf_model(arch, seed=11).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    before, after, target, losses, ids = run_ranks(_critic_worker, 2, str(tmp_path / "hf"), arch, str(tmp_path / "critic"))[0]
+    assert torch.equal(before, torch.zeros_like(before))  # the value head starts at zero
+    assert losses[-1] < 0.2 * losses[0], losses
+    assert ((after - target) ** 2).mean() < 0.2 * ((before - target) ** 2).mean()
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "critic").eval()
+    hf.config.pad_token_id = model_config(arch).vocab_size - 1  # absent from ids: HF pools the last position
+    with torch.no_grad():
+        last = hf(ids).logits[:, 0]  # equal lengths: HF reads the last position
+    assert torch.allclose(last, after[:, -1], atol=1e-4)
+
+
+def _reward_worker(hf_dir, arch, ids, lengths):
+    from megatron_rl.config.schema import ParallelConfig
+    from megatron_rl.models.role import MegatronRole
+    from megatron_rl.parallel import init_parallel
+
+    init_parallel(ParallelConfig(tensor=1, pipeline=2), seed=5)
+    rm = MegatronRole.build("reward", model_config(arch), ParallelConfig(tensor=1, pipeline=2), hf_path=hf_dir)
+    return rm.score({"input_ids": ids, "lengths": lengths}, micro_batch_size=2)["rewards"]
+
+
+def test_reward_model_scores_like_transformers_sequence_classifier(tmp_path):
+    import transformers
+
+    arch = "qwen2"
+    hf_lm = make_hf_model(arch, seed=12)
+    cfg = hf_lm.config
+    cfg.num_labels, cfg.pad_token_id = 1, 0
+    torch.manual_seed(13)
+    rm = transformers.AutoModelForSequenceClassification.from_config(cfg).float().eval()
+    rm.save_pretrained(tmp_path / "rm", safe_serialization=True)
+    ids = torch.randint(1, cfg.vocab_size, (4, 9))
+    lengths = torch.tensor([9, 5, 7, 3])
+    for row, n in enumerate(lengths):
+        ids[row, n:] = 0  # right padding with the pad token
+    with torch.no_grad():
+        expected = rm(ids, attention_mask=(ids != 0).long()).logits[:, 0]
+    got = run_ranks(_reward_worker, 2, str(tmp_path / "rm"), arch, ids, lengths)
+    for r in got:
+        assert torch.allclose(r, expected, atol=1e-4), (r, expected)
