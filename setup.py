@@ -28,7 +28,8 @@ setup(
     ],
     extras_require={
         # Training stack; installed by the dev environment and the Docker image.
-        "train": ["megatron-core>=0.16.1", "transformers>=4.51", "safetensors", "triton"],
+        # psutil: megatron-core's distributed-checkpoint writer needs it and does not declare it
+        "train": ["megatron-core>=0.16.1", "transformers>=4.51", "safetensors", "triton", "psutil"],
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
     },
     entry_points={"console_scripts": ["megatron-rl=megatron_rl.cli:main"]},

@@ -44,18 +44,31 @@ def run_ranks(fn, world_size: int, *args, timeout: float = 240.0) -> list:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, queue), daemon=True)
+    # not daemonic: megatron's checkpoint writer starts helper processes of its own
+    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, queue))
              for r in range(world_size)]
     for p in procs:
         p.start()
     results, errors = {}, []
+    import queue as queue_lib
+    import time
+
+    deadline = time.monotonic() + timeout
     try:
-        for _ in range(world_size):
-            rank, status, value = queue.get(timeout=timeout)
+        while len(results) < world_size and not errors:
+            try:
+                rank, status, value = queue.get(timeout=1.0)
+            except queue_lib.Empty:
+                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in results]
+                if dead:  # crashed before it could report (segfault, os._exit, killed)
+                    errors.append(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without a result")
+                elif time.monotonic() > deadline:
+                    errors.append(f"timed out after {timeout:.0f} s waiting for {world_size - len(results)} rank(s)")
+                continue
             if status == "error":
                 errors.append(f"rank {rank}:\n{value}")
-                break
-            results[rank] = value
+            else:
+                results[rank] = value
     finally:
         for p in procs:
             p.join(timeout=5 if not errors else 0.5)
