@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from ..config.schema import ModelConfig
 from .builder import global_layer_index, padded_vocab_size, unwrap
-from .hf_mapping import ARCHITECTURES, hf_config_dict, hf_from_shards, map_param, shape_of, shard_from_hf
+from .hf_mapping import (ARCHITECTURES, hf_config_dict, hf_from_shards, hf_tensor_shape, map_param, shape_of,
+                         shard_from_hf)
 
 
 class CheckpointError(ValueError):
@@ -122,6 +123,13 @@ def load_hf_weights(chunks, hf_path: str, model: ModelConfig, *, value_head: boo
             if any(n in allow_missing and n not in reader.weight_map for n in hf_names):
                 continue
             slices = [reader.slice(n) for n in hf_names]
+            for n, sl in zip(hf_names, slices):
+                want = hf_tensor_shape(n, model)
+                if tuple(sl.get_shape()) != want:
+                    raise CheckpointError(
+                        f"{reader.file_of(n)}: {n} has shape {tuple(sl.get_shape())} but this model config needs "
+                        f"{want}: the checkpoint does not match model.* (or model.hf_path is the wrong model)"
+                    )
 
             def read(i, dim, start, stop, _s=slices):
                 if dim is None:

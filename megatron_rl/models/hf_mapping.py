@@ -172,6 +172,23 @@ def hf_from_shards(kind: str, shards: list[torch.Tensor], shape: Shape, true_row
     raise ValueError(f"unknown shard kind {kind}")
 
 
+def hf_tensor_shape(name: str, model: ModelConfig) -> tuple[int, ...]:
+    """The full shape an HF tensor must have for this model config (to fail early, by name)."""
+    h, f, v, d = model.hidden_size, model.ffn_hidden_size, model.vocab_size, model.kv_channels
+    q, kv = model.num_attention_heads * d, model.num_query_groups * d
+    leaf = name.split(".", 3)[-1] if name.startswith("model.layers.") else name
+    shapes = {
+        "model.embed_tokens.weight": (v, h), "lm_head.weight": (v, h), "model.norm.weight": (h,),
+        "score.weight": (1, h),
+        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+        "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
+        "self_attn.o_proj.weight": (h, q), "self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,),
+        "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h), "mlp.down_proj.weight": (h, f),
+    }
+    return shapes[leaf]
+
+
 def hf_config_dict(model: ModelConfig, role: str = "actor") -> dict:
     """config.json for an exported checkpoint that transformers loads."""
     arch = ARCHITECTURES[model.architecture]

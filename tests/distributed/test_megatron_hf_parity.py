@@ -1,4 +1,4 @@
-"""HF -> Megatron -> HF: logits equal transformers' at TP=1, TP=2, PP=2, TP=2 x PP=2, and the exported
+"""HF -> Megatron -> HF: logits equal transformers' at TP=1, TP=2, PP=2, PP=2 x VPP=2, TP=2 x PP=2; the exported
 checkpoint is the original one tensor for tensor."""
 import pytest
 import torch
@@ -19,9 +19,10 @@ def _logits_worker(hf_dir, arch, layouts, input_ids, export_root):
 
     model = model_config(arch)
     out = {}
-    for tp, pp in layouts:
-        init_parallel(ParallelConfig(tensor=tp, pipeline=pp), seed=7)
-        chunks = build_model("actor", model, ParallelConfig(tensor=tp, pipeline=pp), perform_initialization=False)
+    for tp, pp, *vpp in layouts:
+        parallel = ParallelConfig(tensor=tp, pipeline=pp, virtual_pipeline=vpp[0] if vpp else None)
+        init_parallel(parallel, seed=7)
+        chunks = build_model("actor", model, parallel, perform_initialization=False)
         load_hf_weights(chunks, hf_dir, model)
 
         def gather_logits(logits, mb):
@@ -31,14 +32,14 @@ def _logits_worker(hf_dir, arch, layouts, input_ids, export_root):
 
         micro = [{"input_ids": input_ids[:2]}, {"input_ids": input_ids[2:]}]
         res = run_pipeline(chunks, micro, gather_logits, forward_only=True)
-        out[(tp, pp)] = torch.cat([r["logits"] for r in res], 0)
+        out[(tp, pp, *vpp)] = torch.cat([r["logits"] for r in res], 0)
         if export_root:
-            save_hf(chunks, f"{export_root}/tp{tp}pp{pp}", model)
+            save_hf(chunks, f"{export_root}/{'-'.join(map(str, (tp, pp, *vpp)))}", model)
     return out
 
 
 CASES = [
-    ("qwen2", [(1, 1), (2, 1), (1, 2)], 2),
+    ("qwen2", [(1, 1), (2, 1), (1, 2), (1, 2, 2)], 2),  # (tp, pp[, virtual pp])
     ("qwen2", [(2, 2)], 4),
     ("llama", [(2, 1), (1, 2)], 2),
     ("qwen3", [(2, 1)], 2),
@@ -61,7 +62,7 @@ def test_logits_match_transformers_and_export_round_trips(tmp_path, arch, layout
             assert got.shape == expected.shape
             err = (got - expected).abs().max().item()
             assert err < 2e-4, f"{arch} tp,pp={layout} rank {rank}: max |logit diff| {err:.2e}"
-        exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / f"tp{layout[0]}pp{layout[1]}").eval()
+        exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "-".join(map(str, layout))).eval()
         original = hf.state_dict()
         for name, tensor in exported.state_dict().items():
             assert torch.equal(tensor, original[name]), f"{name} changed in the round trip at {layout}"
