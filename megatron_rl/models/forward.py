@@ -83,10 +83,10 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, *, vocab_size:
 
     from .. import kernels
 
-    logits = _vocab_mask_padding(logits, vocab_size)
     tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
+    # vocab_size: the kernels mask the padded vocab columns (the last TP rank's tail)
     lp, ent = kernels.logprobs_and_entropy(logits[:, :-1], input_ids[:, 1:], tp_group=tp_group,
-                                           temperature=temperature, backend=backend)
+                                           temperature=temperature, vocab_size=vocab_size, backend=backend)
     pad = lp.new_zeros(lp.shape[0], 1)
     lp = torch.cat([pad, lp], 1)
     ent = torch.cat([pad, ent], 1)
