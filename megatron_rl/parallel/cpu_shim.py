@@ -140,6 +140,17 @@ def _patch_torch_cuda() -> None:
 
     mrandom._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     mrandom._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    # A mode is switched off while its own handler runs, and torch.autograd.backward goes through
+    # the handler; activation recomputation runs model code inside backward, so switch it back on.
+    checkpoint_fn = mrandom.CheckpointFunction
+    recompute_backward = checkpoint_fn.backward
+
+    def backward_on_cpu(ctx, *grads):
+        with _CudaToCpu():
+            return recompute_backward(ctx, *grads)
+
+    checkpoint_fn.backward = staticmethod(backward_on_cpu)
+
     # With one generator for "CPU" and "CUDA", any random op in a tracker fork changes the CPU
     # state, which megatron reports as a warning on every fork; it is expected here.
     logging.getLogger(mrandom.__name__).addFilter(

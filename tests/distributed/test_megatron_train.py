@@ -32,7 +32,7 @@ def _hf_losses(hf, ids, mask):
     return losses
 
 
-def _train_worker(hf_dir, arch, tp, pp, ids, mask):
+def _train_worker(hf_dir, arch, tp, pp, ids, mask, recompute="none"):
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
@@ -44,7 +44,7 @@ def _train_worker(hf_dir, arch, tp, pp, ids, mask):
     model, parallel = model_config(arch), ParallelConfig(tensor=tp, pipeline=pp)
     init_parallel(parallel, seed=3)
     actor = MegatronRole.build("actor", model, parallel, OptimConfig(lr=LR, grad_clip=CLIP), total_steps=STEPS,
-                               hf_path=hf_dir)
+                               hf_path=hf_dir, recompute=recompute)
     total_tokens = mask[:, 1:].sum()  # the global normaliser: every token of the mini-batch
 
     def loss_fn(logits, mb):
@@ -66,8 +66,10 @@ def test_train_steps_match_transformers_at_tp2_dp2_pp2(tmp_path):
     ids, mask = _batch(model_config(arch).vocab_size, seed=1)
     expected, norms = zip(*_hf_losses(hf, ids, mask))
     assert expected[-1] < expected[0]  # it trains at all
-    for tp, pp in [(2, 1), (1, 1), (1, 2)]:  # on 2 ranks: TP=2, DP=2, PP=2
-        for rank, steps in enumerate(run_ranks(_train_worker, 2, str(tmp_path / "hf"), arch, tp, pp, ids, mask)):
+    # on 2 ranks: TP=2, DP=2, PP=2; activation recomputation changes memory, not numbers
+    for tp, pp, recompute in [(2, 1, "none"), (1, 1, "none"), (1, 2, "none"), (2, 1, "full"), (1, 1, "selective")]:
+        for rank, steps in enumerate(run_ranks(_train_worker, 2, str(tmp_path / "hf"), arch, tp, pp, ids, mask,
+                                               recompute)):
             got = [s["loss"] for s in steps]
             assert all(abs(g - e) < 2e-5 for g, e in zip(got, expected)), (tp, pp, rank, got, expected)
             assert steps[0]["tokens"] == mask[:, 1:].sum() / 4  # mean over the 4 micro-batch pieces
