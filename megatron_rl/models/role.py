@@ -97,6 +97,18 @@ class MegatronRole:
             wd_incr_style="constant",
         )
 
+    @torch.no_grad()
+    def copy_weights_from(self, other: "MegatronRole") -> None:
+        """Make this model's weights equal `other`'s (same layout): resetting the reference to the
+        current actor, as R1 did periodically. Local copies only, no communication."""
+        mine = [dict(unwrap(c).named_parameters()) for c in self.chunks]
+        theirs = [dict(unwrap(c).named_parameters()) for c in other.chunks]
+        for dst, src in zip(mine, theirs):
+            if dst.keys() != src.keys():
+                raise ValueError(f"cannot copy {other.role} weights into {self.role}: the models differ")
+            for name, param in dst.items():
+                param.copy_(src[name])
+
     # ---------------------------------------------------------------- scoring
     def score(self, batch: dict, *, micro_batch_size: int, temperature: float = 1.0, with_entropy: bool = False):
         kind = {"actor": "logprobs", "reference": "logprobs", "critic": "values", "reward": "reward"}[self.role]

@@ -2,6 +2,7 @@
 checkpoint is the original one tensor for tensor."""
 import pytest
 import torch
+from safetensors import safe_open
 
 from dist_harness import run_ranks
 from hf_models import make_hf_model, model_config
@@ -14,7 +15,7 @@ def _logits_worker(hf_dir, arch, layouts, input_ids, export_root):
     from megatron_rl.config.schema import ParallelConfig
     from megatron_rl.models.builder import build_model
     from megatron_rl.models.forward import run_pipeline
-    from megatron_rl.models.hf_io import load_hf_weights, save_hf
+    from megatron_rl.models.hf_io import iter_hf_buckets, load_hf_weights, save_hf
     from megatron_rl.parallel import init_parallel
 
     model = model_config(arch)
@@ -33,6 +34,8 @@ def _logits_worker(hf_dir, arch, layouts, input_ids, export_root):
         micro = [{"input_ids": input_ids[:2]}, {"input_ids": input_ids[2:]}]
         res = run_pipeline(chunks, micro, gather_logits, forward_only=True)
         out[(tp, pp, *vpp)] = torch.cat([r["logits"] for r in res], 0)
+        buckets = list(iter_hf_buckets(chunks, model, bucket_bytes=40_000))
+        out[("buckets", tp, pp, *vpp)] = [[(n, t.numel() * t.element_size()) for n, t in b] for b in buckets]
         if export_root:
             save_hf(chunks, f"{export_root}/{'-'.join(map(str, (tp, pp, *vpp)))}", model)
     return out
@@ -68,3 +71,11 @@ def test_logits_match_transformers_and_export_round_trips(tmp_path, arch, layout
             assert torch.equal(tensor, original[name]), f"{name} changed in the round trip at {layout}"
         with torch.no_grad():
             assert torch.equal(exported(ids).logits, hf(ids).logits)
+        # weight-sync stream: bounded buckets; the pipeline stages together cover every HF tensor once
+        streamed = set()
+        for res in results:
+            buckets = res[("buckets", *layout)]
+            assert all(sum(size for _, size in b) <= 40_000 or len(b) == 1 for b in buckets)
+            streamed |= {name for b in buckets for name, _ in b}
+        with safe_open(str(tmp_path / "hf" / "model.safetensors"), framework="pt") as f:
+            assert streamed == set(f.keys())  # tied models: no lm_head.weight, as save_pretrained writes

@@ -151,3 +151,36 @@ def test_reward_model_scores_like_transformers_sequence_classifier(tmp_path):
     got = run_ranks(_reward_worker, 2, str(tmp_path / "rm"), arch, ids, lengths)
     for r in got:
         assert torch.allclose(r, expected, atol=1e-4), (r, expected)
+
+
+def _reference_reset_worker(hf_dir, arch):
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    from megatron_rl.config.schema import OptimConfig, ParallelConfig
+    from megatron_rl.models.role import MegatronRole
+    from megatron_rl.parallel import init_parallel
+
+    model, parallel = model_config(arch).model_copy(update={"kernels": "reference"}), ParallelConfig(tensor=2)
+    init_parallel(parallel, seed=5)
+    actor = MegatronRole.build("actor", model, parallel, OptimConfig(lr=1e-2), hf_path=hf_dir)
+    reference = MegatronRole.build("reference", model, parallel, hf_path=hf_dir)
+    ids = torch.randint(0, model.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(logits, mb):
+        return vocab_parallel_cross_entropy(logits.contiguous(), mb["input_ids"]).mean(), {}
+
+    for _ in range(2):
+        actor.train_step([{"input_ids": ids}], loss_fn)
+    score = lambda role: role.score({"input_ids": ids}, micro_batch_size=2)["logprobs"]
+    before = (score(actor), score(reference))
+    reference.copy_weights_from(actor)
+    frozen = all(not p.requires_grad for c in reference.chunks for p in c.parameters())
+    return before, score(reference), frozen
+
+
+def test_reference_is_frozen_and_resets_to_the_actor(tmp_path):
+    make_hf_model("qwen2", seed=14).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    (actor_lp, ref_lp), reset_lp, frozen = run_ranks(_reference_reset_worker, 2, str(tmp_path / "hf"), "qwen2")[0]
+    assert frozen
+    assert (actor_lp - ref_lp).abs().max() > 1e-3  # the actor moved away from the reference
+    assert torch.equal(reset_lp, actor_lp)
