@@ -80,7 +80,48 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_demo)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_validate, _add_demo]
+# --- convert ----------------------------------------------------------------------------------
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Training checkpoint -> HF safetensors. In one plain process the checkpoint is resharded to
+    TP=1, PP=1 on load (any saved layout works); under torchrun it uses the config's layout."""
+    import torch.distributed as dist
+
+    from megatron_rl.checkpoint import load_checkpoint, resolve_checkpoint
+    from megatron_rl.config.schema import ParallelConfig
+    from megatron_rl.models.hf_io import save_hf
+    from megatron_rl.models.role import MegatronRole
+    from megatron_rl.parallel import destroy_parallel, init_parallel
+
+    cfg = load_config(args.config, args.overrides, world_size=args.world_size)
+    step_dir = resolve_checkpoint(args.checkpoint)  # fail before any process group exists
+    parallel = cfg.parallel if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ParallelConfig()
+    init_parallel(parallel, seed=cfg.run.seed)
+    try:
+        role = MegatronRole.build(args.role, cfg.model, parallel)
+        state = load_checkpoint(str(step_dir), {args.role: role}, load_optimizer=False)
+        save_hf(role.chunks, args.out, cfg.model, role=args.role)
+        if dist.get_rank() == 0:
+            print(f"wrote {args.out} ({args.role} at step {state['step']} from {step_dir})")
+    finally:
+        destroy_parallel()
+    return 0
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="export a training checkpoint's model to Hugging Face safetensors",
+                       description="Load ROLE from a Megatron distributed checkpoint (a step_<n> directory or the "
+                                   "checkpoint root, whose newest complete step is used) and write an HF checkpoint "
+                                   "that transformers and SGLang load.")
+    _add_config_arguments(p)
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="step_<n> directory or checkpoint.dir")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write the HF checkpoint")
+    p.add_argument("--role", default="actor", choices=["actor", "critic", "reward"])
+    p.set_defaults(handler=_convert)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_validate, _add_demo, _add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +148,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a CheckpointError (bad or missing checkpoint) is a ValueError with one line
+        from megatron_rl.models.hf_io import CheckpointError
+
+        if not isinstance(exc, CheckpointError):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `megatron-rl validate x.yaml | head`: not an error

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ..models.builder import unwrap
+from ..models.hf_io import CheckpointError
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _MARKER = "complete.json"
@@ -182,19 +183,30 @@ def find_latest(ckpt_dir: str) -> Optional[Path]:
     return Path(ckpt_dir) / f"step_{max(steps):08d}" if steps else None
 
 
+def resolve_checkpoint(path: str) -> Path:
+    """A step_<n> directory as given, or the newest complete one under a checkpoint root."""
+    p = Path(path)
+    if (p / _MARKER).is_file():
+        return p
+    latest = find_latest(path)
+    if latest is None:
+        raise CheckpointError(f"no complete checkpoint at {p}: give a step_<n> directory or a checkpoint.dir with one")
+    return latest
+
+
 def load_checkpoint(path: str, roles: dict, *, load_optimizer: bool = True) -> dict:
     """Load a checkpoint into `roles` (built at any layout); returns the saved `extra` dict and step."""
     from megatron.core import dist_checkpointing
 
     path = Path(path)
     if not (path / _MARKER).is_file():
-        raise FileNotFoundError(
-            f"{path} is not a complete checkpoint (no {_MARKER}): pass a step_<n> directory or use find_latest"
+        raise CheckpointError(
+            f"{path} is not a complete checkpoint (no {_MARKER}): pass a step_<n> directory or the checkpoint root"
         )
     marker = json.loads((path / _MARKER).read_text())
     missing = sorted(set(roles) - set(marker["roles"]))
     if missing:
-        raise ValueError(f"{path} has no state for {', '.join(missing)} (it holds {', '.join(marker['roles'])})")
+        raise CheckpointError(f"{path} has no state for {', '.join(missing)} (it holds {', '.join(marker['roles'])})")
     sharded = _sharded_state(roles, is_loading=True)
     if not load_optimizer:
         for sd in sharded.values():

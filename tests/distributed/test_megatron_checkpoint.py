@@ -15,6 +15,7 @@ def _worker(hf_dir, ckpt_dir, tp, pp, ids, mask, mode):
 
     from megatron_rl.checkpoint import find_latest, load_checkpoint, save_checkpoint
     from megatron_rl.config.schema import OptimConfig, ParallelConfig
+    from megatron_rl.models.hf_io import save_hf
     from megatron_rl.models.role import MegatronRole
     from megatron_rl.parallel import init_parallel
 
@@ -36,6 +37,7 @@ def _worker(hf_dir, ckpt_dir, tp, pp, ids, mask, mode):
     if mode == "fresh":
         losses += [actor.train_step(micro, loss_fn)["loss"] for _ in range(2)]
         save_checkpoint(ckpt_dir, 2, {"actor": actor}, extra={"data_position": 8, "policy_version": 2})
+        save_hf(actor.chunks, f"{ckpt_dir}-hf-at-2", model)  # what `megatron-rl convert` must reproduce
         lr = actor.optimizer.param_groups[0]["lr"]
         losses += [actor.train_step(micro, loss_fn)["loss"] for _ in range(2)]
         return losses, lr
@@ -66,6 +68,7 @@ def test_save_at_tp2_resume_at_tp1_and_pp2_continues_identically(tmp_path):
 
 def test_an_interrupted_save_is_never_the_latest(tmp_path):
     from megatron_rl.checkpoint import find_latest, load_checkpoint
+    from megatron_rl.models.hf_io import CheckpointError
 
     (tmp_path / "step_00000003").mkdir()
     (tmp_path / "step_00000003" / "complete.json").write_text(json.dumps({"step": 3}))
@@ -73,5 +76,40 @@ def test_an_interrupted_save_is_never_the_latest(tmp_path):
     (tmp_path / "step_00000007").mkdir()  # killed after a rename by hand, no marker: not complete
     assert find_latest(str(tmp_path)) == tmp_path / "step_00000003"
     assert find_latest(str(tmp_path / "nothing-here")) is None
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         load_checkpoint(str(tmp_path / "step_00000005.partial"), {})
+
+
+def test_convert_cli_exports_a_tp2_checkpoint_at_tp1(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from hf_models import SHAPES
+
+    make_hf_model("qwen2", seed=22).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    ids, mask = torch.randint(0, 96, (4, 10)), torch.ones(4, 10)
+    ckpt = tmp_path / "ckpt"
+    run_ranks(_worker, 2, str(tmp_path / "hf"), str(ckpt), 2, 1, ids, mask, "fresh")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {**SHAPES["qwen2"], "max_position_embeddings": 128, "dtype": "fp32"},
+                                      "data": {"max_prompt_len": 64}, "rollout": {"sampling": {"max_new_tokens": 64}}}))
+    cmd = [sys.executable, "-m", "megatron_rl", "convert", str(config), "--checkpoint", str(ckpt), "--out",
+           str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "actor at step 2" in done.stdout
+    expected = {}
+    for f in (tmp_path / "ckpt-hf-at-2").glob("*.safetensors"):
+        expected.update(load_file(f))
+    got = {}
+    for f in (tmp_path / "out").glob("*.safetensors"):
+        got.update(load_file(f))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+    missing = subprocess.run([*cmd[:6], str(tmp_path / "nowhere"), *cmd[7:]], capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert missing.stderr.startswith(f"error: no complete checkpoint at {tmp_path / 'nowhere'}")
