@@ -184,3 +184,33 @@ def test_reference_is_frozen_and_resets_to_the_actor(tmp_path):
     assert frozen
     assert (actor_lp - ref_lp).abs().max() > 1e-3  # the actor moved away from the reference
     assert torch.equal(reset_lp, actor_lp)
+
+
+def _precision_worker(hf_dir, dtype):
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    from megatron_rl.config.schema import OptimConfig, ParallelConfig
+    from megatron_rl.models.role import MegatronRole
+    from megatron_rl.parallel import init_parallel
+
+    model, parallel = model_config("qwen2").model_copy(update={"dtype": dtype}), ParallelConfig(tensor=2)
+    init_parallel(parallel, seed=5)
+    actor = MegatronRole.build("actor", model, parallel, OptimConfig(lr=3e-3), hf_path=hf_dir)
+    ids = torch.randint(0, 96, (4, 12), generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(logits, mb):
+        return vocab_parallel_cross_entropy(logits.float().contiguous(), mb["input_ids"]).mean(), {}
+
+    losses = [actor.train_step([{"input_ids": ids}], loss_fn)["loss"] for _ in range(5)]
+    dtypes = {str(p.dtype) for c in actor.chunks for p in c.parameters()}
+    return losses, dtypes
+
+
+def test_bf16_training_tracks_fp32(tmp_path):
+    """bf16 weights with fp32 main params and fp32 gradient reduction (the GPU recipe), run on CPU."""
+    make_hf_model("qwen2", seed=15).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    fp32, dtypes32 = run_ranks(_precision_worker, 2, str(tmp_path / "hf"), "fp32")[0]
+    bf16, dtypes16 = run_ranks(_precision_worker, 2, str(tmp_path / "hf"), "bf16")[0]
+    assert dtypes32 == {"torch.float32"} and dtypes16 == {"torch.bfloat16"}
+    assert bf16[-1] < bf16[0] - 0.5
+    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 2e-2, (fp32, bf16)
