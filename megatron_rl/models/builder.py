@@ -147,6 +147,10 @@ def build_model(role: str, model: ModelConfig, parallel: ParallelConfig, *, reco
             rotary_base=int(model.rope_theta) if float(model.rope_theta).is_integer() else model.rope_theta,
             vp_stage=stage,
         )
+        # the local spec's torch norms are created in fp32 whatever params_dtype says; Megatron's
+        # Float16Module casts the whole model, so do the same (without its fp32 output cast: the
+        # kernels take bf16 logits)
+        gpt.to(config.params_dtype)
         if not perform_initialization:
             _mark_tensor_parallel(gpt)
         if value_head and post:

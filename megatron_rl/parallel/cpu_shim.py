@@ -28,7 +28,7 @@ _mode: "_CudaToCpu | None" = None
 def _is_cuda_device(device) -> bool:
     if device is None:
         return False
-    if isinstance(device, int):  # torch reads a bare int as cuda:<int>
+    if isinstance(device, int) and not isinstance(device, bool):  # a bare int means cuda:<int>; a bool is a flag
         return True
     if isinstance(device, str):
         return device.startswith("cuda")
