@@ -18,3 +18,9 @@ def test_schema_literals_match_algorithm_registries():
     assert _choices(mismatch["level"].annotation) == set(A.MISMATCH_LEVELS)
     assert _choices(mismatch["mode"].annotation) == {"none", *A.MISMATCH_MODES}
     assert set(schema.GROUP_ESTIMATORS) <= set(A.ADVANTAGE_ESTIMATORS) - {"gae", "reinforce_plus_plus"}
+
+
+def test_model_kernels_key_names_the_dispatcher_backends():
+    from megatron_rl import kernels
+
+    assert _choices(schema.ModelConfig.model_fields["kernels"].annotation) == set(kernels.BACKENDS)
