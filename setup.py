@@ -31,6 +31,12 @@ setup(
         # psutil: megatron-core's distributed-checkpoint writer needs it and does not declare it
         "train": ["megatron-core>=0.16.1", "transformers>=4.51", "safetensors", "triton", "psutil"],
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
+        # Talking to SGLang servers: our HTTP client, and what sglang's client-side modules (the
+        # weight-update serializer and tensor buckets) import. sglang itself is installed with
+        # --no-deps where no server runs (launch/dev.sh): its full install pins its own torch and
+        # pulls the CUDA stack; the Docker image has the real one.
+        "sglang-client": ["httpx", "orjson", "pybase64", "requests", "starlette", "msgspec", "pyzmq",
+                          "ipython", "aiohttp"],
     },
     entry_points={"console_scripts": ["megatron-rl=megatron_rl.cli:main"]},
 )

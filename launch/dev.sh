@@ -20,7 +20,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   {
     # torch first, from its pin, so nothing later can pull a CUDA build.
     "$venv/bin/pip" install -c launch/constraints-cpu.txt torch &&
-    "$venv/bin/pip" install -c launch/constraints-cpu.txt -e ".[train,test]"
+    "$venv/bin/pip" install -c launch/constraints-cpu.txt -e ".[train,test,sglang-client]" &&
+    # sglang's client-side pieces only (see setup.py): its full install would replace torch
+    "$venv/bin/pip" install --no-deps -c launch/constraints-cpu.txt sglang
   } >"$log" 2>&1 || { tail -n 30 "$log" >&2; echo "error: installing megatron-rl failed; see $log" >&2; exit 1; }
   echo "$want" >"$stamp"
 fi
