@@ -216,11 +216,12 @@ def save_hf(chunks, out_dir: str, model: ModelConfig, *, role: str = "actor") ->
     if writer:
         save_file(tensors, str(partial / file), metadata={"format": "pt"})
     names = list(tensors) if writer else []
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (file, names))
+    dist.all_gather_object(gathered, (file, names, nbytes if writer else 0))
     if rank == 0:
-        weight_map = {n: f for f, ns in gathered for n in ns}
-        total = 0  # the index's total_size is informational
+        weight_map = {n: f for f, ns, _ in gathered for n in ns}
+        total = sum(b for _, _, b in gathered)
         (partial / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
         )

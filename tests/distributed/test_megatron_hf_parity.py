@@ -1,8 +1,11 @@
 """HF -> Megatron -> HF: logits equal transformers' at TP=1, TP=2, PP=2, PP=2 x VPP=2, TP=2 x PP=2; the exported
 checkpoint is the original one tensor for tensor."""
+import json
+
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from dist_harness import run_ranks
 from hf_models import make_hf_model, model_config
@@ -65,6 +68,9 @@ def test_logits_match_transformers_and_export_round_trips(tmp_path, arch, layout
             assert got.shape == expected.shape
             err = (got - expected).abs().max().item()
             assert err < 2e-4, f"{arch} tp,pp={layout} rank {rank}: max |logit diff| {err:.2e}"
+        index = json.loads((tmp_path / "out" / "-".join(map(str, layout)) / "model.safetensors.index.json").read_text())
+        saved = load_file(str(tmp_path / "hf" / "model.safetensors"))  # what save_pretrained wrote
+        assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in saved.values())
         exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "-".join(map(str, layout))).eval()
         original = hf.state_dict()
         for name, tensor in exported.state_dict().items():

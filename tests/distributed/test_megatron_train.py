@@ -215,3 +215,18 @@ def test_bf16_training_tracks_fp32(tmp_path):
     assert set(dtypes16.values()) == {"torch.bfloat16"}, {n: d for n, d in dtypes16.items() if d != "torch.bfloat16"}
     assert bf16[-1] < bf16[0] - 0.5
     assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 2e-2, (fp32, bf16)
+
+
+def test_tied_embeddings_train_across_pipeline_stages(tmp_path):
+    """Llama with tied embeddings at PP=2: the first stage's embedding and the last stage's output
+    layer are one HF tensor; their gradients must be summed across the stages every step."""
+    arch = "llama"
+    hf = make_hf_model(arch, seed=torch.randint(0, 2**31, ()).item())
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    ids, mask = _batch(model_config(arch).vocab_size, seed=3)
+    expected, norms = zip(*_hf_losses(hf, ids, mask))
+    for tp, pp in [(1, 2), (2, 1)]:  # PP=2; TP=2 also pads the vocab 97 -> 98
+        for rank, steps in enumerate(run_ranks(_train_worker, 2, str(tmp_path / "hf"), arch, tp, pp, ids, mask)):
+            got = [s["loss"] for s in steps]
+            assert all(abs(g - e) < 2e-5 for g, e in zip(got, expected)), (tp, pp, rank, got, expected)
+            assert all(abs(s["grad_norm"] - n) < 1e-4 * n for s, n in zip(steps, norms)), (tp, pp, steps, norms)
