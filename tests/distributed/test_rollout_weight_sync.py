@@ -17,6 +17,7 @@ def _sync_worker(hf_dir, arch, tp, pp):
     from megatron_rl.parallel import init_parallel
     from megatron_rl.rollout import EmbeddedEngine, SamplingParams
     from megatron_rl.weight_sync import InProcessWeightSync
+    from megatron_rl.weight_sync.parity import WeightSyncError, check_parity, right_padded_rows, rollout_train_gap
 
     parallel = ParallelConfig(tensor=tp, pipeline=pp)
     init_parallel(parallel, seed=2)
@@ -31,21 +32,19 @@ def _sync_worker(hf_dir, arch, tp, pp):
             box[0] = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=6), n=2).samples
         dist.broadcast_object_list(box, src=0)
         samples = box[0]
-        rows = [s.prompt_ids + s.response_ids for s in samples]
-        ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, :len(row)] = torch.tensor(row)
-        scored = actor.score({"input_ids": ids}, micro_batch_size=2)["logprobs"]
-        gap = max(
-            (scored[r, len(s.prompt_ids):len(s.prompt_ids) + len(s.response_ids)] - torch.tensor(s.logprobs)).abs().max().item()
-            for r, s in enumerate(samples)
-        )
-        return gap, [s.weight_version for s in samples]
+        scored = actor.score({"input_ids": right_padded_rows(samples)}, micro_batch_size=2)["logprobs"]
+        return rollout_train_gap(samples, scored)["rollout_train_logprob_gap_max"], [s.weight_version for s in samples]
 
     before, _ = engine_vs_actor()
+    try:
+        check_parity(actor, engine, PROMPTS)
+        refused = False
+    except WeightSyncError as exc:
+        refused = "did not receive the trained weights" in str(exc)
     stats = sync.sync(actor, version=5)
     after, versions = engine_vs_actor()
-    return before, after, versions, stats
+    check_parity(actor, engine, PROMPTS, tol=1e-4)  # passes on every rank now
+    return before, after, versions, stats, refused
 
 
 @pytest.mark.parametrize("arch,tp,pp,world", [("qwen2", 2, 1, 2), ("qwen2", 2, 2, 4), ("llama", 1, 2, 2)],
@@ -53,8 +52,8 @@ def _sync_worker(hf_dir, arch, tp, pp):
 def test_engine_logprobs_equal_actor_after_sync(tmp_path, arch, tp, pp, world):
     hf = make_hf_model(arch, seed=torch.randint(0, 2**31, ()).item())
     hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
-    before, after, versions, stats = run_ranks(_sync_worker, world, str(tmp_path / "hf"), arch, tp, pp)[0]
-    assert before > 0.1  # a randomly initialised engine disagrees
+    before, after, versions, stats, refused = run_ranks(_sync_worker, world, str(tmp_path / "hf"), arch, tp, pp)[0]
+    assert before > 0.1 and refused  # a randomly initialised engine disagrees, and check_parity says so
     assert after < 1e-4, after
     assert versions == [5] * 4
     n_tensors = len(hf.state_dict()) - (1 if hf.config.tie_word_embeddings else 0)
