@@ -73,12 +73,15 @@ class EmbeddedEngine:
         return count
 
     def release_memory(self) -> None:
-        """Nothing is kept between calls (the KV cache lives inside generate)."""
+        """Give the GPU back to the trainer (colocated): the KV cache only lives inside generate, the
+        weights move to host memory. On CPU there is nothing to give back."""
         if self.device.type == "cuda":
+            self.model.to("cpu")  # parameters keep their identity, so update_weights still finds them
             torch.cuda.empty_cache()
 
     def resume_memory(self) -> None:
-        pass
+        if self.device.type == "cuda":
+            self.model.to(self.device)
 
     def health(self) -> bool:
         return self.model is not None
