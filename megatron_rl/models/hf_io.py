@@ -175,10 +175,10 @@ def iter_hf_tensors(chunks, model: ModelConfig, *, value_head: bool = False) -> 
                 yield hf_name, tensor
 
 
-def iter_hf_buckets(chunks, model: ModelConfig, bucket_bytes: int, *, value_head: bool = False):
-    """`iter_hf_tensors` grouped into lists of at most `bucket_bytes` (a larger tensor goes alone)."""
+def bucketize(named_tensors, bucket_bytes: int):
+    """Group a stream of (name, tensor) into lists of at most `bucket_bytes` (a larger tensor goes alone)."""
     bucket, size = [], 0
-    for name, tensor in iter_hf_tensors(chunks, model, value_head=value_head):
+    for name, tensor in named_tensors:
         nbytes = tensor.numel() * tensor.element_size()
         if bucket and size + nbytes > bucket_bytes:
             yield bucket
@@ -187,6 +187,11 @@ def iter_hf_buckets(chunks, model: ModelConfig, bucket_bytes: int, *, value_head
         size += nbytes
     if bucket:
         yield bucket
+
+
+def iter_hf_buckets(chunks, model: ModelConfig, bucket_bytes: int, *, value_head: bool = False):
+    """`iter_hf_tensors` grouped by `bucketize`: the weight-sync stream, bounded in memory."""
+    return bucketize(iter_hf_tensors(chunks, model, value_head=value_head), bucket_bytes)
 
 
 def save_hf(chunks, out_dir: str, model: ModelConfig, *, role: str = "actor") -> None:

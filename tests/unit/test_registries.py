@@ -24,3 +24,10 @@ def test_model_kernels_key_names_the_dispatcher_backends():
     from megatron_rl import kernels
 
     assert _choices(schema.ModelConfig.model_fields["kernels"].annotation) == set(kernels.BACKENDS)
+
+
+def test_weight_sync_choices_are_the_transports():
+    from megatron_rl import weight_sync
+
+    choices = _choices(schema.RolloutConfig.model_fields["weight_sync"].annotation)
+    assert choices - {"auto"} == set(weight_sync.TRANSPORTS)

@@ -1,0 +1,276 @@
+"""Start (or attach to) SGLang servers and the sglang-router in front of them.
+
+One server per `dp` replica, each with `--dp-size 1`: SGLang's weight-update endpoints assert a
+single data-parallel rank, so scaling out means several servers (GPUs `base_gpu_id .. +tp_size-1`
+each) behind sglang-router, which balances `/generate` but does not forward weight updates (the
+rollout code calls every server itself).
+
+Only the standard library is used here (subprocess, urllib) so a launch script can import it without
+the HTTP client's dependencies. Every failure a user can cause ends in one line naming the server,
+its log and the fix.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+from urllib.parse import urlparse
+
+SERVER_LAUNCHER = (sys.executable, "-m", "sglang.launch_server")
+ROUTER_LAUNCHER = (sys.executable, "-m", "sglang_router.launch_router")
+HEALTH_PATH = "/health_generate"  # runs one decode step: the server is loaded and can generate
+ROUTER_HEALTH_PATH = "/health"
+
+
+class SGLangLaunchError(RuntimeError):
+    """A server that did not come up; the message is one line naming the URL, the log and the fix."""
+
+
+def check_url(url: str, key: str = "rollout.sglang.urls") -> str:
+    """`url` without a trailing slash, or a one-line ValueError naming the config key."""
+    parsed = urlparse(str(url))
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.port is None:
+        raise ValueError(f"{key}: {url!r} is not an http://host:port URL; write it like http://10.0.0.1:30010")
+    if parsed.path not in ("", "/") or parsed.query:
+        raise ValueError(f"{key}: {url!r} has a path; give the server's root, like http://{parsed.netloc}")
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+# ---------------------------------------------------------------------------------------- commands
+def server_command(model_path: str, *, port: int, tp_size: int = 1, base_gpu_id: int = 0,
+                   mem_fraction: float = 0.8, enable_memory_saver: bool = True, host: str = "127.0.0.1",
+                   seed: Optional[int] = None, extra_args: Sequence[str] = (),
+                   launcher: Sequence[str] = SERVER_LAUNCHER) -> list[str]:
+    """The `python -m sglang.launch_server ...` argv of one server."""
+    cmd = [*launcher, "--model-path", str(model_path), "--host", host, "--port", str(port),
+           "--tp-size", str(tp_size),
+           "--dp-size", "1",  # weight updates assert one DP rank: scale out with servers, not dp
+           "--base-gpu-id", str(base_gpu_id),
+           "--mem-fraction-static", str(mem_fraction)]
+    if enable_memory_saver:  # release/resume_memory_occupation (colocated placement) need it
+        cmd.append("--enable-memory-saver")
+    if seed is not None:
+        cmd += ["--random-seed", str(seed)]
+    return cmd + [str(a) for a in extra_args]
+
+
+def router_command(worker_urls: Sequence[str], *, port: int, host: str = "127.0.0.1",
+                   policy: str = "cache_aware", launcher: Sequence[str] = ROUTER_LAUNCHER) -> list[str]:
+    """The `python -m sglang_router.launch_router ...` argv over the given servers."""
+    return [*launcher, "--worker-urls", *worker_urls, "--host", host, "--port", str(port), "--policy", policy]
+
+
+def server_commands(cfg, model_path: str, *, host: str = "127.0.0.1", gpu_offset: int = 0,
+                    seed: Optional[int] = None, extra_args: Sequence[str] = (),
+                    launcher: Sequence[str] = SERVER_LAUNCHER) -> list[tuple[str, list[str]]]:
+    """(url, argv) of each of `cfg.num_servers` servers (an SGLangConfig): consecutive ports from
+    `base_port`, consecutive GPU blocks of `tp_size` from `gpu_offset`."""
+    out = []
+    for i in range(cfg.num_servers):
+        port = cfg.base_port + i
+        cmd = server_command(model_path, port=port, tp_size=cfg.tp_size, base_gpu_id=gpu_offset + i * cfg.tp_size,
+                             mem_fraction=cfg.mem_fraction, enable_memory_saver=cfg.enable_memory_saver, host=host,
+                             seed=None if seed is None else seed + i, extra_args=extra_args, launcher=launcher)
+        out.append((f"http://{_client_host(host)}:{port}", cmd))
+    return out
+
+
+def _client_host(host: str) -> str:
+    # a server bound to all interfaces is reached through loopback from this node
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+# ------------------------------------------------------------------------------------ health wait
+@dataclass
+class Target:
+    """Something to wait for: a URL, and when we launched it, its process and log."""
+
+    url: str
+    process: Optional[subprocess.Popen] = None
+    log_path: Optional[str] = None
+    health_path: str = HEALTH_PATH
+    last: str = "no answer yet"
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never route 127.0.0.1 via a proxy
+
+
+def probe(url: str, path: str = HEALTH_PATH, timeout_s: float = 5.0) -> tuple[bool, str]:
+    """(healthy, what happened) for one GET."""
+    try:
+        with _OPENER.open(url + path, timeout=timeout_s) as resp:
+            return resp.status == 200, f"HTTP {resp.status}"
+    except urllib.error.HTTPError as e:
+        return False, f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ConnectionRefusedError):
+            return False, "connection refused"
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return False, f"no reply within {timeout_s:g}s"
+        return False, str(reason).replace("\n", " ")
+
+
+def last_log_line(path: Optional[str]) -> str:
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 8192))
+        lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def wait_healthy(targets: Sequence[Target], timeout_s: float, *, poll_s: float = 0.5,
+                 timeout_fix: str = "raise rollout.sglang.health_timeout_s if it is still loading") -> None:
+    """Return when every target answers 200 on its health path; raise SGLangLaunchError (one line)
+    as soon as a launched process dies, or at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(targets)
+    while True:
+        for t in list(pending):
+            if t.process is not None and t.process.poll() is not None:
+                line = last_log_line(t.log_path)
+                raise SGLangLaunchError(
+                    f"SGLang process for {t.url} exited with code {t.process.returncode} before it was healthy"
+                    + (f"; last log line: {line!r}" if line else "")
+                    + f"; full log: {t.log_path}; fix what the log says (model path, GPU memory: "
+                    "rollout.sglang.mem_fraction, a busy port: rollout.sglang.base_port) and rerun")
+            ok, t.last = probe(t.url, t.health_path, timeout_s=max(0.2, min(10.0, deadline - time.monotonic())))
+            if ok:
+                pending.remove(t)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            t = pending[0]
+            where = (f"; log: {t.log_path}; {timeout_fix}" if t.process is not None
+                     else "; is it running and reachable from this node? check rollout.sglang.urls")
+            raise SGLangLaunchError(f"SGLang server {t.url} not healthy after {timeout_s:g}s (last: {t.last}){where}")
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((_client_host(host), port)) == 0
+
+
+# ---------------------------------------------------------------------------------- the servers
+@dataclass
+class SGLangServers:
+    """The servers (and router) a rollout engine talks to; launched by us or attached to."""
+
+    server_urls: list[str]
+    router_url: Optional[str] = None
+    targets: list[Target] = field(default_factory=list)  # what we launched, servers then router
+
+    @property
+    def generate_url(self) -> Optional[str]:
+        """Where `/generate` goes: the router when there is one (None: the client balances itself)."""
+        return self.router_url
+
+    @classmethod
+    def attach(cls, urls: Sequence[str], *, router_url: Optional[str] = None, health_timeout_s: float = 60.0,
+               key: str = "rollout.sglang.urls") -> "SGLangServers":
+        """Running servers: no launch, only the health wait."""
+        if not urls:
+            raise ValueError(f"{key} is empty: give the running servers' URLs, or leave it empty to launch servers")
+        servers = cls([check_url(u, key) for u in urls], check_url(router_url, "router_url") if router_url else None)
+        targets = [Target(u) for u in servers.server_urls]
+        if servers.router_url:
+            targets.append(Target(servers.router_url, health_path=ROUTER_HEALTH_PATH))
+        wait_healthy(targets, health_timeout_s)
+        return servers
+
+    @classmethod
+    def launch(cls, cfg, model_path: str, *, log_dir: str, host: str = "127.0.0.1", gpu_offset: int = 0,
+               seed: Optional[int] = None, extra_args: Sequence[str] = (), router: Optional[bool] = None,
+               router_policy: str = "cache_aware", launcher: Sequence[str] = SERVER_LAUNCHER,
+               router_launcher: Sequence[str] = ROUTER_LAUNCHER, env: Optional[dict] = None) -> "SGLangServers":
+        """Start `cfg.num_servers` servers (an SGLangConfig) and, when `router` (default: more than one
+        server and sglang_router importable), the router; wait until all are healthy."""
+        if router is None:
+            import importlib.util
+
+            router = cfg.num_servers > 1 and importlib.util.find_spec("sglang_router") is not None
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        commands = server_commands(cfg, model_path, host=host, gpu_offset=gpu_offset, seed=seed,
+                                   extra_args=extra_args, launcher=launcher)
+        ports = [cfg.base_port + i for i in range(cfg.num_servers)] + ([cfg.router_port] if router else [])
+        for port in ports:
+            if _port_in_use(host, port):
+                raise SGLangLaunchError(
+                    f"port {port} on {_client_host(host)} is already in use: attach to a running server with "
+                    "rollout.sglang.urls, stop it, or move rollout.sglang.base_port / router_port")
+        servers = cls([url for url, _ in commands])
+        atexit.register(servers.shutdown)  # never leave GPU servers behind when the trainer dies
+        try:
+            for i, (url, cmd) in enumerate(commands):
+                servers.targets.append(_start(url, cmd, Path(log_dir) / f"sglang-server-{i}.log", env))
+            wait_healthy(servers.targets, cfg.health_timeout_s)
+            if router:
+                servers.router_url = f"http://{_client_host(host)}:{cfg.router_port}"
+                cmd = router_command(servers.server_urls, port=cfg.router_port, host=host, policy=router_policy,
+                                     launcher=router_launcher)
+                target = _start(servers.router_url, cmd, Path(log_dir) / "sglang-router.log", env)
+                target.health_path = ROUTER_HEALTH_PATH
+                servers.targets.append(target)
+                wait_healthy([target], cfg.health_timeout_s)
+        except BaseException:
+            servers.shutdown()
+            raise
+        return servers
+
+    def shutdown(self, grace_s: float = 20.0) -> None:
+        """Stop what we launched (router first): SIGTERM to each process group, SIGKILL after `grace_s`."""
+        for t in reversed(self.targets):
+            _stop(t.process, grace_s)
+        self.targets = [t for t in self.targets if t.process is None]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+
+def _start(url: str, cmd: list[str], log_path: Path, env: Optional[dict]) -> Target:
+    log = open(log_path, "ab")
+    log.write(f"\n$ {' '.join(cmd)}\n".encode())
+    log.flush()
+    # a session of its own: shutdown can signal the server and every TP worker it spawned at once
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    log.close()  # the child keeps its own descriptor
+    return Target(url, proc, str(log_path))
+
+
+def _stop(proc: Optional[subprocess.Popen], grace_s: float) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)  # sglang's launcher stops its TP workers on SIGTERM
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)  # whatever is left of the group (a hung worker)
+    try:
+        proc.wait(timeout=10.0)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)  # start_new_session: the group id is our child's pid
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,235 @@
+"""Weight sync over an NCCL group that the trainer's sending rank and every SGLang TP rank join
+(disaggregated placement: servers on other GPUs or nodes).
+
+Setup (`connect`): each server is asked to `/init_weights_update_group` (master = the sending rank,
+rank_offset = 1 + the TP ranks of the servers before it, world = 1 + all servers' TP ranks) while
+the sender joins as rank 0; the HTTP calls return only once everyone has joined, so they run
+concurrently with our join. The group is built the way SGLang builds its side (torch's rendezvous on
+tcp://master:port, a store prefixed with the group name, `_new_process_group_helper`), so both
+ends agree on the store keys; trainer and servers must run the same torch (the Docker image does).
+
+Per bucket and dtype (`send`): `/update_weights_from_distributed` with the names, dtypes and shapes
+goes to every server while the sender broadcasts the tensors from group rank 0, in the same order;
+the server allocates, receives and loads. With `flatten` (default) a dtype group is one flattened
+buffer and one broadcast (`load_format="flattened_bucket"`, which sglang 0.5.23 supports); without
+it, one broadcast per tensor (any version). The whole update sits in pause -> flush -> begin ... end
+-> continue like the tensor transport.
+
+Pipeline stages (`sync`): every stage's first rank has a group of its own with the servers and the
+stages send one after another. Stages sending at once could deadlock: a server serves one update
+request at a time, and a broadcast completes only when every server has reached it.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from datetime import timedelta
+from typing import Iterable, Optional
+
+import torch
+import torch.distributed as dist
+
+from .tensor import Bucket, _client_of, bucket_nbytes, by_dtype, close_update, open_update
+
+
+def new_weight_group(master_address: str, master_port: int, world_size: int, group_name: str, *,
+                     backend: str = "nccl", rank: int = 0, timeout_s: float = 600.0):
+    """Join (as `rank`, 0 = the sender, who hosts the rendezvous store) a process group outside the
+    trainer's world, built like SGLang's `init_custom_process_group` builds its side."""
+    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
+
+    timeout = timedelta(seconds=timeout_s)
+    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size,
+                                              timeout=timeout))
+    store.set_timeout(timeout)
+    store = PrefixStore(group_name, store)
+    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store, group_name=group_name,
+                                      backend_options=None, timeout=timeout)
+    _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}  # group ranks are the "global" ranks
+    return pg
+
+
+def free_port(host: str = "") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def this_node_address() -> str:
+    """An address of this node the servers can reach (the one used to route outwards)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the interface
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")  # the server does getattr(torch, name)
+
+
+class NcclWeightSync:
+    name = "nccl"
+
+    def __init__(self, target=None, *, group_name: str = "megatron_rl_weights", backend: str = "nccl",
+                 master_address: Optional[str] = None, bucket_bytes: int = 512 << 20, flatten: bool = True,
+                 pause_mode: str = "abort", timeout_s: float = 600.0):
+        """`target`: the SGLangEngine (or SGLangClient) on global rank 0, None on the other ranks.
+        `master_address`: how the servers reach the sending rank (default: this node's address)."""
+        self.client, self.engine = _client_of(target) if target is not None else (None, None)
+        self.group_name = group_name
+        self.backend = backend
+        self.master_address = master_address
+        self.bucket_bytes = bucket_bytes
+        self.flatten = flatten
+        self.pause_mode = pause_mode
+        self.timeout_s = timeout_s
+        self.group = None
+
+    # ------------------------------------------------------------------ the core (one process)
+    def connect(self, master_port: Optional[int] = None) -> None:
+        """Form the group between this process (rank 0) and every TP rank of every server."""
+        aio = self.client.aio
+        urls = self.client.server_urls
+        tp = [self.client.tp_size(u) for u in urls]
+        address = self.master_address or this_node_address()
+        port = master_port or free_port()
+        world = 1 + sum(tp)
+        futures = [self.client.submit(aio.init_weights_update_group(
+            url, master_address=address, master_port=port, rank_offset=1 + sum(tp[:i]), world_size=world,
+            group_name=self.group_name, backend=self.backend)) for i, url in enumerate(urls)]
+        try:
+            self.group = new_weight_group(address, port, world, self.group_name, backend=self.backend,
+                                          timeout_s=self.timeout_s)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        for f in futures:
+            f.result()
+
+    def disconnect(self) -> None:
+        if self.group is None:
+            return
+        for url in self.client.server_urls:
+            self.client.run(self.client.aio.destroy_weights_update_group(url, self.group_name))
+        dist.destroy_process_group(self.group)
+        self.group = None
+
+    def push(self, buckets: Iterable[Bucket], version: Optional[int] = None) -> dict:
+        start = time.perf_counter()
+        if self.group is None:
+            self.connect()
+        open_update(self.client, self.pause_mode)
+        ok = False
+        try:
+            stats = self.send(buckets, version)
+            ok = True
+        finally:
+            close_update(self.client, ok)
+        if self.engine is not None and version is not None:
+            self.engine.weight_version = version
+        return {**stats, "seconds": time.perf_counter() - start}
+
+    def send(self, buckets: Iterable[Bucket], version: Optional[int] = None) -> dict:
+        """Inside an open update: per bucket and dtype, the HTTP call to every server concurrently
+        with our broadcasts; the next group waits for every server's reply."""
+        aio = self.client.aio
+        tensors = nbytes = requests = 0
+        for bucket in buckets:
+            for group in by_dtype(bucket):
+                names = [n for n, _ in group]
+                meta = dict(names=names, dtypes=[dtype_name(t.dtype) for _, t in group],
+                            shapes=[list(t.shape) for _, t in group], group_name=self.group_name,
+                            load_format="flattened_bucket" if self.flatten else None, weight_version=version)
+                futures = [self.client.submit(aio.update_weights_from_distributed(url, **meta))
+                           for url in self.client.server_urls]
+                try:
+                    self._broadcast(group)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+                for f in futures:
+                    f.result()
+                requests += len(futures)
+            tensors += len(bucket)
+            nbytes += bucket_nbytes(bucket)
+        return {"tensors": tensors, "bytes": nbytes, "requests": requests}
+
+    def _broadcast(self, group: Bucket) -> None:
+        if self.flatten:
+            from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorBucket
+
+            # same layout as the server's FlattenedTensorBucket.empty: the tensors' bytes, in order
+            flat = FlattenedTensorBucket(named_tensors=[(n, t.detach()) for n, t in group]).get_flattened_tensor()
+            dist.broadcast(flat, group=self.group, group_src=0)
+        else:
+            for _, t in group:
+                dist.broadcast(t.detach().contiguous(), group=self.group, group_src=0)
+
+    # ------------------------------------------------------------------ Megatron glue (collective)
+    def sync(self, actor, version: int) -> dict:
+        """Every rank calls it. Each pipeline stage's first rank (tp = dp = cp = 0) sends its
+        stage's buckets over its own group, stage after stage; global rank 0 opens and closes."""
+        from megatron.core import parallel_state as ps
+
+        from ..models.hf_io import iter_hf_buckets
+
+        start = time.perf_counter()
+        rank = dist.get_rank()
+        stage, pp = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size()
+        replica = ps.get_data_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
+        sender = replica and ps.get_tensor_model_parallel_rank() == 0
+        if self.group is None and not getattr(self, "_connected", False):
+            self._connect_stages(sender, stage)
+        if rank == 0:
+            open_update(self.client, self.pause_mode)
+        ok, stats = True, {"tensors": 0, "bytes": 0, "requests": 0}
+        try:
+            for s in range(pp):  # one stage at a time (see the module docstring)
+                dist.barrier()
+                if stage == s and replica:
+                    buckets = iter_hf_buckets(actor.chunks, actor.model, self.bucket_bytes, value_head=actor.value_head)
+                    if sender:
+                        stats = self.send(buckets, version)
+                    else:
+                        for _ in buckets:  # take part in the TP all-gathers
+                            pass
+            dist.barrier()
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            if rank == 0:
+                close_update(self.client, ok)
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, stats)
+        if rank == 0 and self.engine is not None:
+            self.engine.weight_version = version
+        return {"tensors": sum(s["tensors"] for s in everyone), "bytes": sum(s["bytes"] for s in everyone),
+                "requests": sum(s["requests"] for s in everyone), "seconds": time.perf_counter() - start}
+
+    def _connect_stages(self, sender: bool, stage: int) -> None:
+        """Collective: every stage's sender gets a client and a group named `<group_name>_pp<stage>`."""
+        from ..rollout.sglang_client import SGLangClient
+
+        rank = dist.get_rank()
+        if rank == 0 and self.client is None:
+            raise ValueError("the SGLang engine (or client) must be passed on global rank 0")
+        box = [self.client.server_urls if rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        if sender:
+            if self.client is None:
+                self.client = SGLangClient(box[0])
+            self.group_name = f"{self.group_name}_pp{stage}"
+            # every sender is its group's master: its own address and a free port of its node
+            self.master_address = self.master_address if rank == 0 and self.master_address else this_node_address()
+        senders = [None] * dist.get_world_size()
+        dist.all_gather_object(senders, stage if sender else None)
+        for s in sorted({x for x in senders if x is not None}):  # a server joins one group at a time
+            if sender and stage == s:
+                self.connect()
+            dist.barrier()
+        self._connected = True
