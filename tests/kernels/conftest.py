@@ -1,16 +1,11 @@
-"""Kernel tests run the Triton kernels on CUDA when present, else on CPU under the interpreter.
-
-TRITON_INTERPRET must be set before the kernels are defined (the @triton.jit decorators read it),
-so it is set here, at import time, before any test module imports megatron_rl.kernels' Triton code.
+"""Kernel tests run the Triton kernels on CUDA when present, else on CPU under the interpreter
+(TRITON_INTERPRET is set for the whole session in tests/conftest.py, before any module imports triton).
 """
 import os
 import random
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
