@@ -46,6 +46,7 @@ class InProcessWeightSync:
                     nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
                 elif leader:
                     self._send(stage, [(n, t.cpu()) for n, t in bucket])
+                del bucket  # free it before the next one is gathered: one bucket alive, not two
             if leader and stage > 0:
                 self._send(stage, None)  # end of this stage's stream
         if rank == 0:
