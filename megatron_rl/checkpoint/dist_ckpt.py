@@ -97,7 +97,7 @@ def _sharded_state(roles: dict, is_loading: bool) -> dict:
         if role.optimizer is not None:
             if is_loading:
                 _fill_empty_adam_state(role.optimizer)
-            model_sd = sd["model"] if len(sd) == 1 else {k: v for k, v in sd.items()}
+            model_sd = sd["model"] if len(sd) == 1 else dict(sd)  # VPP: model0, model1, ...
             sd["optimizer"] = role.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=_OPTIM_META)
         state[name] = sd
     return state

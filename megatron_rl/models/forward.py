@@ -11,8 +11,6 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from .builder import unwrap
-
 
 def split_micro_batches(batch: dict, micro_batch_size: int) -> list[dict]:
     """Rows of every [B, ...] tensor in `batch` cut into micro-batches (other values shared)."""
@@ -61,18 +59,6 @@ def run_pipeline(chunks, micro_batches: list[dict], output_fn: Callable, *, forw
         forward_only=forward_only,
     )
     return _broadcast_from_last_stage(results)
-
-
-def _vocab_mask_padding(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """-inf on the padded vocab columns (the last TP rank's tail), when the vocab was padded."""
-    from megatron.core import parallel_state as ps
-
-    v_local = logits.shape[-1]
-    start = ps.get_tensor_model_parallel_rank() * v_local
-    valid = vocab_size - start
-    if valid >= v_local:
-        return logits
-    return logits.masked_fill(torch.arange(v_local, device=logits.device) >= valid, float("-inf"))
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, *, vocab_size: int, temperature: float = 1.0,

@@ -67,7 +67,8 @@ class SGLangEngine:
     # ------------------------------------------------------------------ weights and memory
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: Optional[int] = None) -> int:
         """Full HF-named tensors (any subset) to every server; same node (CUDA IPC / shared memory)."""
-        from ..weight_sync.tensor import TensorWeightSync, bucketize
+        from ..models.hf_io import bucketize
+        from ..weight_sync.tensor import TensorWeightSync
 
         stats = TensorWeightSync(self, bucket_bytes=self.bucket_bytes).push(
             bucketize(named_tensors, self.bucket_bytes), version)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-import torch
 import torch.distributed as dist
 
 
@@ -34,12 +33,13 @@ class InProcessWeightSync:
         from megatron.core import parallel_state as ps
 
         from ..models.hf_io import iter_hf_buckets
+        from .collective import sender_roles
 
         start = time.perf_counter()
         rank, stage = dist.get_rank(), ps.get_pipeline_model_parallel_rank()
         tensors = nbytes = 0
-        if ps.get_data_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0:
-            leader = rank == self.stage_leaders[stage]
+        replica, leader = sender_roles()  # leader: this stage's first rank, self.stage_leaders[stage]
+        if replica:
             for bucket in iter_hf_buckets(actor.chunks, actor.model, self.bucket_bytes, value_head=actor.value_head):
                 if rank == 0:
                     tensors += self.engine.update_weights(bucket)

@@ -65,6 +65,20 @@ def this_node_address() -> str:
             return "127.0.0.1"
 
 
+def _while_pending(futures, collective):
+    """Run our side of a collective while the servers' HTTP calls (which join it) are in flight;
+    cancel them if ours fails, else wait for every reply. Returns the collective's result."""
+    try:
+        result = collective()
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    for f in futures:
+        f.result()
+    return result
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")  # the server does getattr(torch, name)
 
@@ -99,15 +113,8 @@ class NcclWeightSync:
         futures = [self.client.submit(aio.init_weights_update_group(
             url, master_address=address, master_port=port, rank_offset=1 + sum(tp[:i]), world_size=world,
             group_name=self.group_name, backend=self.backend)) for i, url in enumerate(urls)]
-        try:
-            self.group = new_weight_group(address, port, world, self.group_name, backend=self.backend,
-                                          timeout_s=self.timeout_s)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        for f in futures:
-            f.result()
+        self.group = _while_pending(futures, lambda: new_weight_group(
+            address, port, world, self.group_name, backend=self.backend, timeout_s=self.timeout_s))
 
     def disconnect(self) -> None:
         if self.group is None:
@@ -145,14 +152,7 @@ class NcclWeightSync:
                             load_format="flattened_bucket" if self.flatten else None, weight_version=version)
                 futures = [self.client.submit(aio.update_weights_from_distributed(url, **meta))
                            for url in self.client.server_urls]
-                try:
-                    self._broadcast(group)
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
-                for f in futures:
-                    f.result()
+                _while_pending(futures, lambda: self._broadcast(group))
                 requests += len(futures)
             tensors += len(bucket)
             nbytes += bucket_nbytes(bucket)
@@ -175,13 +175,12 @@ class NcclWeightSync:
         stage's buckets over its own group, stage after stage; global rank 0 opens and closes."""
         from megatron.core import parallel_state as ps
 
-        from ..models.hf_io import iter_hf_buckets
+        from .collective import sender_roles, stream_stage, summed_stats
 
         start = time.perf_counter()
         rank = dist.get_rank()
         stage, pp = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size()
-        replica = ps.get_data_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
-        sender = replica and ps.get_tensor_model_parallel_rank() == 0
+        replica, sender = sender_roles()
         if self.group is None and not getattr(self, "_connected", False):
             self._connect_stages(sender, stage)
         if rank == 0:
@@ -190,13 +189,8 @@ class NcclWeightSync:
         try:
             for s in range(pp):  # one stage at a time (see the module docstring)
                 dist.barrier()
-                if stage == s and replica:
-                    buckets = iter_hf_buckets(actor.chunks, actor.model, self.bucket_bytes, value_head=actor.value_head)
-                    if sender:
-                        stats = self.send(buckets, version)
-                    else:
-                        for _ in buckets:  # take part in the TP all-gathers
-                            pass
+                if stage == s:
+                    stats = stream_stage(actor, self.bucket_bytes, self.send, version, replica=replica, sender=sender)
             dist.barrier()
         except BaseException:
             ok = False
@@ -204,25 +198,17 @@ class NcclWeightSync:
         finally:
             if rank == 0:
                 close_update(self.client, ok)
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, stats)
         if rank == 0 and self.engine is not None:
             self.engine.weight_version = version
-        return {"tensors": sum(s["tensors"] for s in everyone), "bytes": sum(s["bytes"] for s in everyone),
-                "requests": sum(s["requests"] for s in everyone), "seconds": time.perf_counter() - start}
+        return summed_stats(stats, start)
 
     def _connect_stages(self, sender: bool, stage: int) -> None:
         """Collective: every stage's sender gets a client and a group named `<group_name>_pp<stage>`."""
-        from ..rollout.sglang_client import SGLangClient
+        from .collective import client_for_sender
 
         rank = dist.get_rank()
-        if rank == 0 and self.client is None:
-            raise ValueError("the SGLang engine (or client) must be passed on global rank 0")
-        box = [self.client.server_urls if rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
+        self.client = client_for_sender(self.client, sender)
         if sender:
-            if self.client is None:
-                self.client = SGLangClient(box[0])
             self.group_name = f"{self.group_name}_pp{stage}"
             # every sender is its group's master: its own address and a free port of its node
             self.master_address = self.master_address if rank == 0 and self.master_address else this_node_address()

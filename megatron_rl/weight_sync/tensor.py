@@ -20,11 +20,10 @@ core) and the collective `sync(actor, version) -> stats` (the Megatron glue).
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 import torch
 
-from ..models.hf_io import bucketize  # noqa: F401  (re-exported: the transports' bucketing)
 
 Bucket = list  # [(hf_name, tensor), ...]
 
@@ -165,27 +164,21 @@ class TensorWeightSync:
         pipeline stage (tp = dp = cp = 0) sends that stage's buckets straight to the servers, so the
         servers must be on those ranks' node. The TP all-gathers need the whole TP group."""
         import torch.distributed as dist
-        from megatron.core import parallel_state as ps
 
-        from ..models.hf_io import iter_hf_buckets
+        from .collective import client_for_sender, sender_roles, stream_stage, summed_stats
 
         start = time.perf_counter()
         rank = dist.get_rank()
-        replica = ps.get_data_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
-        sender = replica and ps.get_tensor_model_parallel_rank() == 0
-        self._share_client(sender)
+        replica, sender = sender_roles()
+        if not getattr(self, "_shared", False):
+            self.client = client_for_sender(self.client, sender)
+            self._shared = True
         if rank == 0:
             self.open()
-        ok, stats = True, {"tensors": 0, "bytes": 0, "requests": 0}
+        ok = True
         try:
             dist.barrier()
-            if replica:
-                buckets = iter_hf_buckets(actor.chunks, actor.model, self.bucket_bytes, value_head=actor.value_head)
-                if sender:
-                    stats = self.send(buckets, version)
-                else:
-                    for _ in buckets:  # take part in the TP all-gathers
-                        pass
+            stats = stream_stage(actor, self.bucket_bytes, self.send, version, replica=replica, sender=sender)
             dist.barrier()
         except BaseException:
             ok = False
@@ -193,25 +186,6 @@ class TensorWeightSync:
         finally:
             if rank == 0:
                 self.close(ok)
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, stats)
         if rank == 0 and self.engine is not None:
             self.engine.weight_version = version
-        return {"tensors": sum(s["tensors"] for s in everyone), "bytes": sum(s["bytes"] for s in everyone),
-                "requests": sum(s["requests"] for s in everyone), "seconds": time.perf_counter() - start}
-
-    def _share_client(self, sender: bool) -> None:
-        """Give every stage's sending rank a client of its own (the engine lives on rank 0)."""
-        import torch.distributed as dist
-
-        if getattr(self, "_shared", False):
-            return
-        if dist.get_rank() == 0 and self.client is None:
-            raise ValueError("the SGLang engine (or client) must be passed on global rank 0")
-        box = [self.client.server_urls if dist.get_rank() == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        if self.client is None and sender:
-            from ..rollout.sglang_client import SGLangClient
-
-            self.client = SGLangClient(box[0])
-        self._shared = True
+        return summed_stats(stats, start)

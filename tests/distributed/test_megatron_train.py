@@ -32,12 +32,23 @@ def _hf_losses(hf, ids, mask):
     return losses
 
 
+def _mask_vocab_padding(logits, vocab_size):
+    """-inf on the padded vocab columns (the last TP rank's tail): Megatron's own cross entropy,
+    used here as an independent loss, does not know the vocab was padded (our kernels take vocab_size)."""
+    from megatron.core import parallel_state as ps
+
+    v_local = logits.shape[-1]
+    valid = vocab_size - ps.get_tensor_model_parallel_rank() * v_local
+    if valid >= v_local:
+        return logits
+    return logits.masked_fill(torch.arange(v_local) >= valid, float("-inf"))
+
+
 def _train_worker(hf_dir, arch, tp, pp, ids, mask, recompute="none"):
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     from megatron_rl.config.schema import OptimConfig, ParallelConfig
-    from megatron_rl.models.forward import _vocab_mask_padding
     from megatron_rl.models.role import MegatronRole
     from megatron_rl.parallel import init_parallel
 
@@ -48,7 +59,7 @@ def _train_worker(hf_dir, arch, tp, pp, ids, mask, recompute="none"):
     total_tokens = mask[:, 1:].sum()  # the global normaliser: every token of the mini-batch
 
     def loss_fn(logits, mb):
-        logits = _vocab_mask_padding(logits, model.vocab_size)
+        logits = _mask_vocab_padding(logits, model.vocab_size)
         nll = vocab_parallel_cross_entropy(logits[:, :-1].contiguous(), mb["input_ids"][:, 1:].contiguous())
         return (nll * mb["mask"][:, 1:]).sum() / total_tokens, {"tokens": mb["mask"][:, 1:].sum()}
 

@@ -11,7 +11,8 @@ from fake_sglang import FakeSGLang
 from megatron_rl.rollout.sglang_client import SGLangClient, SGLangError
 from megatron_rl.rollout.types import SamplingParams
 from megatron_rl.weight_sync.disk import DiskWeightSync
-from megatron_rl.weight_sync.tensor import TensorWeightSync, bucketize, by_dtype
+from megatron_rl.models.hf_io import bucketize
+from megatron_rl.weight_sync.tensor import TensorWeightSync, by_dtype
 
 pytest.importorskip("sglang.srt.weight_sync.tensor_bucket")  # the serializer side of sglang (--no-deps)
 
