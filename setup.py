@@ -29,7 +29,9 @@ setup(
     extras_require={
         # Training stack; installed by the dev environment and the Docker image.
         # psutil: megatron-core's distributed-checkpoint writer needs it and does not declare it
-        "train": ["megatron-core>=0.16.1", "transformers>=4.51", "safetensors", "triton", "psutil"],
+        "train": ["megatron-core>=0.16.1", "transformers>=4.51", "safetensors", "triton", "psutil",
+                  # prompts from JSONL / Parquet, and rule-based math answer checking
+                  "datasets>=3", "math-verify>=0.8"],
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
         # Talking to SGLang servers: our HTTP client, and what sglang's client-side modules (the
         # weight-update serializer and tensor buckets) import. sglang itself is installed with
