@@ -227,6 +227,45 @@ def mini_batch_splits_into_micro_batches(c: RunConfig, world: int):
 
 # --- rollout ----------------------------------------------------------------------------------
 
+# What `rollout.weight_sync: auto` becomes, by (engine, placement). Disk is never chosen: ask for it.
+WEIGHT_SYNC_AUTO = {
+    ("embedded", "colocated"): "in_process",  # the engine lives in the trainer's rank 0
+    ("sglang", "colocated"): "tensor",  # servers on the trainer's node: CUDA-IPC handles
+    ("sglang", "disaggregated"): "nccl",  # servers on other GPUs / nodes: broadcasts
+}
+
+
+def resolve_weight_sync(rollout) -> str:
+    """The transport a RolloutConfig asks for, `auto` resolved by WEIGHT_SYNC_AUTO (an embedded
+    disaggregated rollout, which `embedded_engine_is_colocated` refuses, resolves to in_process)."""
+    if rollout.weight_sync != "auto":
+        return rollout.weight_sync
+    return WEIGHT_SYNC_AUTO.get((rollout.engine, rollout.placement), "in_process")
+
+
+def weight_sync_problem(rollout) -> Optional[str]:
+    """None, or one line naming rollout.weight_sync and the fix when the explicit choice cannot reach
+    the engine where it is placed (the factory raises it as a ConfigError too)."""
+    ws, engine, placement = rollout.weight_sync, rollout.engine, rollout.placement
+    if ws == "auto":
+        return None
+    if engine == "embedded" and ws != "in_process":
+        return (f"rollout.weight_sync '{ws}' sends weights to SGLang servers, but rollout.engine is 'embedded' "
+                "(it takes them in process): set rollout.weight_sync=auto (or in_process), or rollout.engine=sglang")
+    if engine != "embedded" and ws == "in_process":
+        return (f"rollout.weight_sync 'in_process' only reaches the embedded engine, not rollout.engine "
+                f"'{engine}': use auto, tensor, nccl or disk")
+    if ws == "tensor" and placement == "disaggregated":
+        return ("rollout.weight_sync 'tensor' hands CUDA-IPC handles to servers on the trainer's own node and "
+                "GPUs, but rollout.placement is 'disaggregated': set rollout.weight_sync=auto (nccl) or disk, "
+                "or rollout.placement=colocated")
+    s = rollout.sglang
+    if ws == "nccl" and placement == "colocated" and not s.urls and s.base_gpu_id == 0:
+        return ("rollout.weight_sync 'nccl' with colocated servers puts the trainer's rank 0 and server 0's first "
+                "rank on GPU 0, and NCCL refuses two ranks of one group on one GPU: set rollout.weight_sync=auto "
+                "(tensor) or disk, or move the servers off GPU 0 with rollout.sglang.base_gpu_id")
+    return None
+
 
 @rule
 def embedded_engine_is_colocated(c: RunConfig, world: int):
@@ -237,11 +276,17 @@ def embedded_engine_is_colocated(c: RunConfig, world: int):
 
 
 @rule
-def in_process_sync_needs_embedded(c: RunConfig, world: int):
+def weight_sync_reaches_the_engine(c: RunConfig, world: int):
+    return weight_sync_problem(c.rollout)
+
+
+@rule
+def launched_sglang_needs_a_checkpoint(c: RunConfig, world: int):
     r = c.rollout
-    if r.weight_sync == "in_process" and r.engine != "embedded":
-        return (f"rollout.weight_sync 'in_process' only reaches the embedded engine, not rollout.engine "
-                f"'{r.engine}': use auto, tensor, nccl or disk")
+    if r.engine == "sglang" and not r.sglang.urls and not c.model.hf_path:
+        return ("rollout.engine 'sglang' launches its servers from model.hf_path (an HF checkpoint with its "
+                "tokenizer), which is not set: set model.hf_path, or attach to running servers with "
+                "rollout.sglang.urls")
 
 
 def run_errors(cfg: RunConfig, world_size: Optional[int] = None) -> list[str]:

@@ -184,6 +184,8 @@ class RewardSource(Section):
     type: Literal["math", "format", "language", "python", "reward_model", "remote"]
     weight: float = 1.0
     path: Optional[str] = None  # `module:function` for python, checkpoint for reward_model, URL for remote
+    pattern: Optional[str] = None  # format: regex the whole response must match; default: R1's think/answer layout
+    language: Optional[str] = None  # language: target (en, zh, latin, cjk); default: the prompt's script
 
     @model_validator(mode="after")
     def _path_when_needed(self):
@@ -224,15 +226,118 @@ class EvalSamplingConfig(SamplingConfig):
 
 
 class SGLangConfig(Section):
+    """SGLang servers, launched by global rank 0 (or attached to with `urls`), and the client's and
+    the weight transports' settings. `${run.output_dir}` in the paths is resolved by the loader."""
+
+    # Flags of `sglang.launch_server` that the launcher sets from other keys (argparse keeps the last
+    # value, so a copy in extra_args would silently win): flag -> the key to set instead.
+    MANAGED_FLAGS: ClassVar[dict[str, str]] = {
+        "--model-path": "model.hf_path", "--model": "model.hf_path", "--host": "rollout.sglang.host",
+        "--port": "rollout.sglang.base_port", "--tp-size": "rollout.sglang.tp_size",
+        "--tensor-parallel-size": "rollout.sglang.tp_size", "--tp": "rollout.sglang.tp_size",
+        "--dp-size": "rollout.sglang.num_servers (each server has dp 1: weight updates assert it)",
+        "--data-parallel-size": "rollout.sglang.num_servers (each server has dp 1: weight updates assert it)",
+        "--dp": "rollout.sglang.num_servers (each server has dp 1: weight updates assert it)",
+        "--base-gpu-id": "rollout.sglang.base_gpu_id", "--mem-fraction-static": "rollout.sglang.mem_fraction",
+        "--random-seed": "rollout.sglang.seed", "--enable-memory-saver": "rollout.sglang.enable_memory_saver",
+    }
+
+    @staticmethod
+    def _http_url(url: str) -> str:
+        """`url` without a trailing slash, or a ValueError saying what is wrong (the launcher's rule)."""
+        from urllib.parse import urlparse
+
+        parsed = urlparse(str(url))
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or port is None:
+            raise ValueError(f"{url!r} is not an http://host:port URL; write it like http://10.0.0.1:30010")
+        if parsed.path not in ("", "/") or parsed.query:
+            raise ValueError(f"{url!r} has a path; give the server's root, like http://{parsed.netloc}")
+        return f"{parsed.scheme}://{parsed.netloc}"
+
+    # where the servers are
     urls: list[str] = []  # attach to running servers; empty: launch `num_servers` of them
+    router_url: Optional[str] = None  # attach to a running sglang-router in front of `urls`
     num_servers: int = Field(1, ge=1)
     tp_size: int = Field(1, ge=1)
     mem_fraction: float = Field(0.8, gt=0, le=1)
     enable_memory_saver: bool = True
+    host: str = "127.0.0.1"  # the servers bind here (0.0.0.0: reachable from other nodes)
+    base_port: int = Field(30010, ge=1, le=65535)  # server i listens on base_port + i
+    base_gpu_id: int = Field(0, ge=0)  # server i uses GPUs base_gpu_id + i*tp_size .. + tp_size - 1
+    router: Literal["auto"] | bool = "auto"  # auto: launch sglang-router when >1 server and installed
     router_port: int = Field(30000, ge=1, le=65535)
-    base_port: int = Field(30010, ge=1, le=65535)
-    health_timeout_s: float = Field(600.0, gt=0)
-    max_concurrency: int = Field(256, ge=1)
+    router_policy: Literal["cache_aware", "round_robin", "random", "power_of_two"] = "cache_aware"
+    extra_args: list[str] = []  # more `sglang.launch_server` flags, e.g. ["--dtype", "bfloat16"]
+    seed: Optional[int] = None  # server i gets seed + i; None: run.seed
+    log_dir: str = "${run.output_dir}/sglang"  # sglang-server-<i>.log, sglang-router.log
+    # the client and the restarts
+    health_timeout_s: float = Field(600.0, gt=0)  # a (re)started server must be healthy within this
+    request_timeout_s: float = Field(1800.0, gt=0)  # one /generate request
+    max_retries: int = Field(3, ge=0)  # per request, on connection errors, timeouts, 5xx, aborts
+    max_restarts: int = Field(3, ge=0)  # per launched server over the run (dead or hung server)
+    max_concurrency: int = Field(256, ge=1)  # sequences in flight over all servers
+    # the weight transports
+    disk_root: str = "${run.output_dir}/weights"  # weight_sync disk: a path the servers see too
+    nccl_master_address: Optional[str] = None  # weight_sync nccl: how the servers reach the trainer
+    nccl_port: Optional[int] = Field(None, ge=1, le=65535)  # stage s uses nccl_port + s; None: a free port
+
+    @field_validator("urls")
+    @classmethod
+    def _urls_are_server_roots(cls, v):
+        return [cls._http_url(u) for u in v]
+
+    @field_validator("router_url")
+    @classmethod
+    def _router_url_is_a_root(cls, v):
+        return None if v is None else cls._http_url(v)
+
+    @field_validator("router", mode="before")
+    @classmethod
+    def _router_auto_or_bool(cls, v):
+        if isinstance(v, str) and v.strip().lower() in ("auto", "true", "false"):
+            return {"auto": "auto", "true": True, "false": False}[v.strip().lower()]
+        if v == "auto" or isinstance(v, bool):
+            return v
+        raise ValueError(f"{v!r} is not one of auto, true, false")
+
+    @field_validator("host")
+    @classmethod
+    def _host_given(cls, v):
+        if not v.strip():
+            raise ValueError("empty: give an address to bind, e.g. 127.0.0.1 or 0.0.0.0")
+        return v
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_managed_flags(cls, v):
+        for arg in v:
+            flag = str(arg).split("=", 1)[0]
+            if flag in cls.MANAGED_FLAGS:
+                raise ValueError(f"{flag} is set by the launcher: remove it and set {cls.MANAGED_FLAGS[flag]}")
+        return v
+
+    @model_validator(mode="after")
+    def _servers_fit(self):
+        if self.router_url and not self.urls:
+            raise ValueError("rollout.sglang.router_url needs rollout.sglang.urls (the servers behind it: weight "
+                             "updates go to every server, not through the router)")
+        if self.urls:
+            if self.router is True and not self.router_url:
+                raise ValueError("rollout.sglang.router true launches a router in front of launched servers; with "
+                                 "rollout.sglang.urls give the running router as rollout.sglang.router_url")
+            return self
+        last = self.base_port + self.num_servers - 1
+        if last > 65535:
+            raise ValueError(f"rollout.sglang.base_port {self.base_port} + num_servers {self.num_servers} runs past "
+                             "port 65535: lower base_port")
+        if self.router is not False and self.base_port <= self.router_port <= last:
+            raise ValueError(f"rollout.sglang.router_port {self.router_port} is a server's port (base_port "
+                             f"{self.base_port} .. {last}): move router_port or base_port")
+        return self
 
 
 class RolloutConfig(Section):
@@ -241,6 +346,7 @@ class RolloutConfig(Section):
     n_samples_per_prompt: int = Field(8, ge=1)
     sampling: SamplingConfig = SamplingConfig()
     eval_sampling: EvalSamplingConfig = EvalSamplingConfig()
+    # auto: embedded -> in_process; sglang colocated -> tensor; sglang disaggregated -> nccl
     weight_sync: Literal["auto", "in_process", "tensor", "nccl", "disk"] = "auto"
     bucket_mb: int = Field(512, ge=1)
     check_parity: bool = False
@@ -316,6 +422,8 @@ class DataConfig(Section):
     max_prompt_len: int = Field(1024, ge=1)
     apply_chat_template: bool = True
     shuffle: bool = True
+    tokenizer: Optional[str] = None  # a local HF tokenizer directory; default: model.hf_path
+    eval_max_prompts: Optional[int] = Field(None, ge=1)  # evaluate on the first N eval prompts
 
 
 class CheckpointConfig(Section):
@@ -335,7 +443,23 @@ class LoggingConfig(Section):
 
 class TrainerConfig(Section):
     total_steps: int = Field(100, ge=1)
-    eval_every: Optional[int] = Field(None, ge=1)
+    eval_every: Optional[int] = Field(None, ge=1)  # also evaluates before the first step
+    eval_pass_k: Optional[int] = Field(None, ge=2)  # pass@k on the eval set with rollout.sampling
+    skip_nonfinite: bool = True  # a non-finite loss skips that update (reported) instead of stopping
+
+
+class SFTConfig(Section):
+    """Supervised fine-tuning (`megatron-rl sft`): prompt -> response pairs, token cross-entropy on
+    the response. The result is exported as an HF checkpoint that RL starts from (model.hf_path)."""
+
+    train_path: Optional[str] = None  # JSONL / Parquet with data.prompt_key and response_key
+    response_key: str = "response"
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1)  # sequences per optimizer step (global)
+    micro_batch_size: int = Field(16, ge=1)
+    optim: OptimConfig = OptimConfig(lr=1e-5)
+    output_dir: str = "${run.output_dir}/sft"  # HF export: <output_dir>/hf
+    log_every: int = Field(10, ge=1)
 
 
 class RunConfig(Section):
@@ -353,3 +477,4 @@ class RunConfig(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     trainer: TrainerConfig = TrainerConfig()
+    sft: SFTConfig = SFTConfig()

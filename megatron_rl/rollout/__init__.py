@@ -10,6 +10,9 @@ _LAZY = {
     "SGLangClient": "sglang_client",
     "AsyncSGLangClient": "sglang_client",
     "SGLangError": "sglang_client",
+    "SGLangStaleWeightsError": "sglang_client",
+    "build_rollout_engine": "factory",
+    "build_weight_sync": "factory",
     "SGLangServers": "sglang_launch",
     "SGLangLaunchError": "sglang_launch",
 }

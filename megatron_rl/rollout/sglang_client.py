@@ -27,6 +27,7 @@ import itertools
 import random
 import re
 import threading
+import time
 import uuid
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
 
@@ -42,6 +43,20 @@ MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")
 
 class SGLangError(RuntimeError):
     """A failed SGLang call; the message is one line naming the URL, what happened and the fix."""
+
+
+class SGLangStaleWeightsError(SGLangError):
+    """A rollout cannot finish on the current weights: a restarted server serves the checkpoint's
+    weights (the trained ones live only in the trainer) and no server with them is left. The next
+    weight sync updates every server; the trainer can sync and run the rollout again."""
+
+
+def reported_version(meta: dict) -> Optional[int]:
+    """The weight version a `/generate` reply says it was served with: ours are digit strings (we
+    send str(version) with every update); "default" is a server that never got an update (the
+    checkpoint it loaded, version 0); None when it is something else."""
+    v = str(meta.get("weight_version", "default"))
+    return int(v) if v.isdigit() else (0 if v == "default" else None)
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -142,7 +157,12 @@ class AsyncSGLangClient:
     def __init__(self, server_urls: Sequence[str] | str, *, generate_url: Optional[str] = None,
                  max_concurrency: int = 256, max_retries: int = 3, backoff_s: float = 0.5, max_backoff_s: float = 8.0,
                  request_timeout_s: float = 1800.0, control_timeout_s: float = 600.0, connect_timeout_s: float = 10.0,
-                 weight_update_session: Optional[bool] = None, default_tp_size: int = 1):
+                 weight_update_session: Optional[bool] = None, default_tp_size: int = 1,
+                 recover: Optional[Callable[[str, "SGLangError", float], Optional[str]]] = None):
+        """`recover(url, error, since)`: called (in a worker thread) when a `/generate` to `url` failed
+        after its retries (`since`: time.monotonic() of its first attempt); it restarts what is dead
+        and returns the URL to send the request to again (None: pick one), or raises. Without it the
+        error is raised. The engine passes its own (`SGLangEngine._recover`)."""
         urls = [server_urls] if isinstance(server_urls, str) else list(server_urls)
         if not urls:
             raise ValueError("rollout.sglang.urls: no SGLang server to talk to")
@@ -155,6 +175,8 @@ class AsyncSGLangClient:
         self.connect_timeout_s = connect_timeout_s
         self.session_override = weight_update_session  # None: decided per server from its version
         self.default_tp_size = default_tp_size
+        self.recover = recover
+        self.avoid: frozenset[str] = frozenset()  # servers /generate skips (restarted, stale weights)
         self._rid_prefix = f"mrl-{uuid.uuid4().hex[:8]}"
         self._rid_counter = itertools.count()
         self._next_server = itertools.count()
@@ -271,21 +293,35 @@ class AsyncSGLangClient:
     def _pick_url(self) -> str:
         if self.generate_url:
             return self.generate_url
-        return self.server_urls[next(self._next_server) % len(self.server_urls)]
+        avoid = self.avoid  # replaced whole by the engine, never mutated: read it once
+        urls = [u for u in self.server_urls if u not in avoid] or self.server_urls
+        return urls[next(self._next_server) % len(urls)]
 
     async def _generate_group(self, index: int, prompt: list[int], sp: dict, n: int, weight_version: int) -> list[Sample]:
         url = self._pick_url()
         samples: list[Sample] = []
-        aborted_rounds, last_abort = 0, ""
+        aborted_rounds, last_abort, stale_rounds = 0, "", 0
         while len(samples) < n:
             k = n - len(samples)  # only the aborted samples are asked for again
+            if url in self.avoid:  # restarted since this group began: another server
+                url = self._pick_url()
 
             def body(k=k):
                 return {"rid": self.new_rid(), "input_ids": prompt,
                         "sampling_params": {**sp, "n": k} if k > 1 else sp, "return_logprob": True}
 
+            since, failure = time.monotonic(), None
             async with self._limiter.hold(k):
-                resp = await self._request("POST", url, "/generate", body, timeout=self.request_timeout_s)
+                try:
+                    resp = await self._request("POST", url, "/generate", body, timeout=self.request_timeout_s)
+                except SGLangError as e:
+                    if self.recover is None:
+                        raise
+                    failure = e
+            if failure is not None:  # retries spent: a dead or hung server is restarted, then ask again
+                again = await asyncio.get_running_loop().run_in_executor(None, self.recover, url, failure, since)
+                url = again or self._pick_url()
+                continue
             if resp.status_code >= 400:
                 raise SGLangError(f"SGLang /generate at {url} refused prompt {index}: HTTP {resp.status_code}: "
                                   f"{error_detail(resp)}")
@@ -293,6 +329,18 @@ class AsyncSGLangClient:
             outs = data if isinstance(data, list) else [data]
             if len(outs) != k:
                 raise SGLangError(f"SGLang /generate at {url} returned {len(outs)} outputs for n={k}")
+            served = [reported_version(out.get("meta_info", {})) for out in outs]
+            if any(v is not None and v < weight_version for v in served):
+                # older weights than the rollout's: a restarted server that still has the checkpoint
+                stale_rounds += 1
+                if stale_rounds > self.max_retries:
+                    raise SGLangStaleWeightsError(
+                        f"SGLang /generate at {url}: prompt {index} was served with weight version "
+                        f"{min(v for v in served if v is not None)} instead of {weight_version} {stale_rounds} times "
+                        "(a restarted server has the checkpoint's weights until the next weight sync): sync the "
+                        "weights and run the rollout again")
+                url = self._pick_url()
+                continue
             for out in outs:
                 reason = (out.get("meta_info", {}).get("finish_reason") or {}).get("type")
                 if reason == "abort":
@@ -388,13 +436,18 @@ class AsyncSGLangClient:
         await self._call(url, "/update_weights_from_tensor", body)
 
     async def update_weights_from_disk(self, model_path: str, *, load_format: Optional[str] = None,
-                                       weight_version: Optional[int] = None) -> None:
+                                       weight_version: Optional[int] = None,
+                                       urls: Optional[Sequence[str]] = None) -> None:
+        """Every server (or only `urls`) loads the HF checkpoint at `model_path` (a path it sees)."""
         body = {"model_path": str(model_path)}
         if load_format is not None:
             body["load_format"] = load_format
         if weight_version is not None:
             body["weight_version"] = str(weight_version)
-        await self._all("/update_weights_from_disk", body)
+        if urls is None:
+            await self._all("/update_weights_from_disk", body)
+        else:
+            await asyncio.gather(*(self._call(u, "/update_weights_from_disk", body) for u in urls))
 
     async def init_weights_update_group(self, url: str, *, master_address: str, master_port: int, rank_offset: int,
                                         world_size: int, group_name: str, backend: str = "nccl") -> None:

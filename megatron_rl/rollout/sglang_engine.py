@@ -7,52 +7,114 @@ attach to) and talk to over HTTP.
   updates) with the colocated tensor transport (`weight_sync.tensor`); the trainer normally calls a
   transport's `sync(actor, version)` instead, which streams the actor's buckets.
 - release_memory / resume_memory: SGLang's memory saver (colocated placement).
+- a launched server that dies or hangs during a rollout is restarted (`rollout.sglang.max_restarts`
+  times per server) and the failed requests are sent again. Its weights after the restart are the
+  checkpoint's (version 0): fine while the weights are still version 0; else it loads the current
+  disk checkpoint when the disk transport wrote one, or it gets no more requests until the next
+  weight sync (which updates every server) and the rollout finishes on the others. When no server
+  with the current weights is left (or a router picks servers itself), the rollout fails with
+  SGLangStaleWeightsError: sync and run it again. See docs/rollout.md.
 
 The HTTP client, the launcher and the transports are imported when an engine is built, so
 `megatron_rl.rollout` imports without httpx or sglang installed.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
 from .types import RolloutBatch, Sample, SamplingParams
 
+log = logging.getLogger(__name__)
+
 
 class SGLangEngine:
-    def __init__(self, cfg, model_path: Optional[str] = None, *, log_dir: str = "outputs/sglang",
-                 host: str = "127.0.0.1", gpu_offset: int = 0, seed: Optional[int] = None,
-                 extra_args: Sequence[str] = (), router: Optional[bool] = None, router_url: Optional[str] = None,
-                 bucket_bytes: int = 512 << 20, client_kwargs: Optional[dict] = None, launcher=None):
-        """`cfg`: an SGLangConfig. With `cfg.urls`, attach to those running servers (and `router_url`
-        if given); otherwise launch `cfg.num_servers` servers of `model_path` (and a router, see
-        SGLangServers.launch). `launcher` replaces `python -m sglang.launch_server` (tests)."""
+    def __init__(self, cfg, model_path: Optional[str] = None, *, log_dir: Optional[str] = None,
+                 seed: Optional[int] = None, output_dir: Optional[str] = None, bucket_bytes: int = 512 << 20,
+                 client_kwargs: Optional[dict] = None, launcher=None, router_launcher=None,
+                 env: Optional[dict] = None):
+        """`cfg`: an SGLangConfig. With `cfg.urls`, attach to those running servers (and
+        `cfg.router_url`); otherwise launch `cfg.num_servers` servers of `model_path` (and a router,
+        see SGLangServers.launch) with their logs in `log_dir` (default `cfg.log_dir`, where
+        `${run.output_dir}` becomes `output_dir`). `seed` overrides `cfg.seed`. `launcher` /
+        `router_launcher` replace `python -m sglang.launch_server` / `sglang_router.launch_router`
+        (tests); `client_kwargs` override the client's settings taken from `cfg`."""
         from .sglang_client import SGLangClient
-        from .sglang_launch import SERVER_LAUNCHER, SGLangServers
+        from .sglang_launch import ROUTER_LAUNCHER, SERVER_LAUNCHER, SGLangServers, expand_output_dir
 
+        self.cfg = cfg
+        self.log_dir: Optional[str] = None
         if cfg.urls:
-            self.servers = SGLangServers.attach(cfg.urls, router_url=router_url, health_timeout_s=cfg.health_timeout_s)
+            self.servers = SGLangServers.attach(cfg.urls, router_url=cfg.router_url,
+                                                health_timeout_s=cfg.health_timeout_s)
         else:
             if not model_path:
                 raise ValueError("launching SGLang servers needs the model path (an HF checkpoint directory); "
                                  "or set rollout.sglang.urls to attach to running servers")
-            self.servers = SGLangServers.launch(cfg, model_path, log_dir=log_dir, host=host, gpu_offset=gpu_offset,
-                                                seed=seed, extra_args=extra_args, router=router,
-                                                launcher=launcher or SERVER_LAUNCHER)
+            self.log_dir = log_dir or expand_output_dir(cfg.log_dir, output_dir, "rollout.sglang.log_dir")
+            self.servers = SGLangServers.launch(cfg, model_path, log_dir=self.log_dir,
+                                                seed=cfg.seed if seed is None else seed,
+                                                launcher=launcher or SERVER_LAUNCHER,
+                                                router_launcher=router_launcher or ROUTER_LAUNCHER, env=env)
+        # a server whose health probe gets no reply within this is hung (after its requests timed out)
+        self.probe_timeout_s = min(30.0, cfg.request_timeout_s)
+        self._weight_version = 0
+        self.disk_weights: Optional[str] = None  # the disk transport's checkpoint of the current version
+        self._stale: dict[str, str] = {}  # restarted servers with the checkpoint's weights -> why
+        self._recover_lock = threading.Lock()
+        self.released: set[str] = set()  # memory tags released on the servers (colocated placement)
         try:
-            self.client = SGLangClient(self.servers.server_urls, generate_url=self.servers.generate_url,
-                                       max_concurrency=cfg.max_concurrency, default_tp_size=cfg.tp_size,
-                                       **(client_kwargs or {}))
+            settings = dict(generate_url=self.servers.generate_url, max_concurrency=cfg.max_concurrency,
+                            default_tp_size=cfg.tp_size, max_retries=cfg.max_retries,
+                            request_timeout_s=cfg.request_timeout_s, recover=self._recover)
+            self.client = SGLangClient(self.servers.server_urls, **{**settings, **(client_kwargs or {})})
         except BaseException:
             self.servers.shutdown()
             raise
         self.bucket_bytes = bucket_bytes
-        self.weight_version = 0
+
+    @classmethod
+    def from_config(cls, rollout_cfg, model_path: Optional[str] = None, *, run_seed: Optional[int] = None,
+                    output_dir: Optional[str] = None, **kwargs) -> "SGLangEngine":
+        """From a RolloutConfig: `rollout.sglang` for the servers, `rollout.bucket_mb` for
+        update_weights; the servers' seed is `rollout.sglang.seed`, else `run_seed` (run.seed);
+        `output_dir` (run.output_dir) fills `${run.output_dir}` in paths of a config not built by
+        the loader."""
+        cfg = rollout_cfg.sglang
+        seed = cfg.seed if cfg.seed is not None else run_seed
+        return cls(cfg, model_path, seed=seed, output_dir=output_dir, bucket_bytes=rollout_cfg.bucket_mb << 20,
+                   **kwargs)
 
     @property
     def server_urls(self) -> list[str]:
         return self.servers.server_urls
+
+    # ------------------------------------------------------------------ the weights' version
+    @property
+    def weight_version(self) -> int:
+        return self._weight_version
+
+    @weight_version.setter
+    def weight_version(self, version: int) -> None:
+        """Set by a transport once every server has taken `version`: restarted servers are current
+        again. The disk transport records its checkpoint (`disk_weights`) after setting it."""
+        self._weight_version = version
+        self.disk_weights = None
+        self._stale.clear()
+        self.client.aio.avoid = frozenset()
+
+    @property
+    def needs_weight_sync(self) -> bool:
+        """A restarted server has the checkpoint's weights, not the current ones (the next sync fixes it)."""
+        return bool(self._stale)
+
+    @property
+    def restart_count(self) -> int:
+        """Server restarts so far (the NCCL transport forms its group again when this changes)."""
+        return self.servers.restart_count
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1) -> RolloutBatch:
@@ -63,6 +125,60 @@ class SGLangEngine:
         """Each prompt's n samples as soon as they are all done (dynamic sampling); stop early to
         cancel the rest."""
         return self.client.iter_groups(prompts, params, n, weight_version=self.weight_version, first_index=first_index)
+
+    # ------------------------------------------------------------------ dead or hung servers
+    def _recover(self, url: str, error: Exception, since: float) -> Optional[str]:
+        """The client's hook after a `/generate` to `url` failed for good (runs in a worker thread):
+        restart what is dead or hung behind `url`, decide what the restarted servers' weights are
+        worth, and return where to send the request again (None: any server /generate may use)."""
+        from .sglang_client import SGLangError
+        from .sglang_launch import SGLangLaunchError
+
+        via_router = url == self.servers.router_url
+        with self._recover_lock:
+            if not via_router and self._weight_version != 0:
+                # nothing new goes to it while it restarts: it comes back with the checkpoint's weights
+                self.client.aio.avoid = frozenset({*self._stale, url})
+            try:
+                recovered, restarted = self.servers.recover(url, since, probe_timeout_s=self.probe_timeout_s)
+                if not recovered:
+                    raise error  # alive and healthy: the failure was not the process's
+                for u in restarted:
+                    if u != self.servers.router_url:
+                        self._refresh(u)
+            except SGLangLaunchError as e:
+                raise SGLangError(f"{e} (the request had failed: {error})") from error
+            finally:
+                self.client.aio.avoid = frozenset(self._stale)
+            if self._stale and (via_router or set(self._stale) >= set(self.servers.server_urls)):
+                raise self._stale_error(via_router)
+            return None if url in self._stale else url
+
+    def _refresh(self, url: str) -> None:
+        """A restarted server has the checkpoint's weights: right at version 0; the disk transport's
+        checkpoint of the current version is loaded again; otherwise it is stale until the next sync."""
+        version = self._weight_version
+        if version == 0:
+            return
+        if self.disk_weights is not None:
+            self.client.update_weights_from_disk(self.disk_weights, weight_version=version, urls=[url])
+            log.warning("sglang server %s reloaded weight version %s from %s after its restart", url, version,
+                        self.disk_weights)
+            return
+        self._stale[url] = f"restarted with the checkpoint's weights, not version {version}"
+        log.warning("sglang server %s has the checkpoint's weights after its restart, not version %s: it gets no "
+                    "/generate requests until the next weight sync", url, version)
+
+    def _stale_error(self, via_router: bool):
+        from .sglang_client import SGLangStaleWeightsError
+
+        urls = ", ".join(self._stale)
+        why = ("sglang-router may route any request to them" if via_router
+               else "no server with the current weights is left")
+        return SGLangStaleWeightsError(
+            f"SGLang server {urls} was restarted and has the checkpoint's weights, not weight version "
+            f"{self._weight_version} (those live only in the trainer), and {why}: sync the weights (every server "
+            "gets them) and run the rollout again")
 
     # ------------------------------------------------------------------ weights and memory
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: Optional[int] = None) -> int:
@@ -76,11 +192,24 @@ class SGLangEngine:
 
     def release_memory(self, tags: Optional[Sequence[str]] = None) -> None:
         """Give the GPU to the trainer (weights, KV cache, CUDA graphs by default); the servers must
-        be idle and launched with --enable-memory-saver (rollout.sglang.enable_memory_saver)."""
-        self.client.release_memory_occupation(tags)
+        be idle and launched with --enable-memory-saver (rollout.sglang.enable_memory_saver). Tags
+        already released are skipped; `released` records what is."""
+        from .sglang_client import MEMORY_TAGS
+
+        tags = [t for t in (MEMORY_TAGS if tags is None else tags) if t not in self.released]
+        if tags:
+            self.client.release_memory_occupation(tags)
+            self.released |= set(tags)
 
     def resume_memory(self, tags: Optional[Sequence[str]] = None) -> None:
-        self.client.resume_memory_occupation(tags)
+        """Take back what was released (all of it by default); only released tags are sent: 0.5.23's
+        scheduler fails on resuming a tag that is not released."""
+        from .sglang_client import MEMORY_TAGS
+
+        tags = [t for t in (MEMORY_TAGS if tags is None else tags) if t in self.released]
+        if tags:
+            self.client.resume_memory_occupation(tags)
+            self.released -= set(tags)
 
     def health(self) -> bool:
         return self.client.health()

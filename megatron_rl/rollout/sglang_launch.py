@@ -5,6 +5,10 @@ single data-parallel rank, so scaling out means several servers (GPUs `base_gpu_
 each) behind sglang-router, which balances `/generate` but does not forward weight updates (the
 rollout code calls every server itself).
 
+A launched server that dies or hangs can be restarted (`SGLangServers.recover`): same command, same
+port, the same log file appended to, at most `max_restarts` times per server; what the restarted
+server's weights mean is the engine's business (`sglang_engine.SGLangEngine`).
+
 Only the standard library is used here (subprocess, urllib) so a launch script can import it without
 the HTTP client's dependencies. Every failure a user can cause ends in one line naming the server,
 its log and the fix.
@@ -12,11 +16,13 @@ its log and the fix.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +35,8 @@ SERVER_LAUNCHER = (sys.executable, "-m", "sglang.launch_server")
 ROUTER_LAUNCHER = (sys.executable, "-m", "sglang_router.launch_router")
 HEALTH_PATH = "/health_generate"  # runs one decode step: the server is loaded and can generate
 ROUTER_HEALTH_PATH = "/health"
+
+log = logging.getLogger(__name__)
 
 
 class SGLangLaunchError(RuntimeError):
@@ -43,6 +51,16 @@ def check_url(url: str, key: str = "rollout.sglang.urls") -> str:
     if parsed.path not in ("", "/") or parsed.query:
         raise ValueError(f"{key}: {url!r} has a path; give the server's root, like http://{parsed.netloc}")
     return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def expand_output_dir(path: str, output_dir: Optional[str], key: str) -> str:
+    """`${run.output_dir}` in a path of a config the loader did not resolve (one built in Python)
+    becomes `output_dir` (default "outputs"); any other `${...}` left is a one-line ValueError."""
+    path = str(path).replace("${run.output_dir}", str(output_dir) if output_dir is not None else "outputs")
+    if "${" in path:
+        raise ValueError(f"{key} {path!r} has an unresolved ${{...}}: load the config with "
+                         "megatron_rl.config.load_config, or give the path")
+    return path
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -69,11 +87,17 @@ def router_command(worker_urls: Sequence[str], *, port: int, host: str = "127.0.
     return [*launcher, "--worker-urls", *worker_urls, "--host", host, "--port", str(port), "--policy", policy]
 
 
-def server_commands(cfg, model_path: str, *, host: str = "127.0.0.1", gpu_offset: int = 0,
-                    seed: Optional[int] = None, extra_args: Sequence[str] = (),
+def server_commands(cfg, model_path: str, *, host: Optional[str] = None, gpu_offset: Optional[int] = None,
+                    seed: Optional[int] = None, extra_args: Optional[Sequence[str]] = None,
                     launcher: Sequence[str] = SERVER_LAUNCHER) -> list[tuple[str, list[str]]]:
     """(url, argv) of each of `cfg.num_servers` servers (an SGLangConfig): consecutive ports from
-    `base_port`, consecutive GPU blocks of `tp_size` from `gpu_offset`."""
+    `base_port`, consecutive GPU blocks of `tp_size` from `gpu_offset`; server i gets seed + i.
+    `host`, `gpu_offset`, `seed`, `extra_args` default to the config's host, base_gpu_id, seed,
+    extra_args."""
+    host = cfg.host if host is None else host
+    gpu_offset = cfg.base_gpu_id if gpu_offset is None else gpu_offset
+    seed = cfg.seed if seed is None else seed
+    extra_args = cfg.extra_args if extra_args is None else extra_args
     out = []
     for i in range(cfg.num_servers):
         port = cfg.base_port + i
@@ -92,13 +116,19 @@ def _client_host(host: str) -> str:
 # ------------------------------------------------------------------------------------ health wait
 @dataclass
 class Target:
-    """Something to wait for: a URL, and when we launched it, its process and log."""
+    """Something to wait for: a URL, and when we launched it, its process, log and command (to
+    restart it with)."""
 
     url: str
     process: Optional[subprocess.Popen] = None
     log_path: Optional[str] = None
     health_path: str = HEALTH_PATH
     last: str = "no answer yet"
+    cmd: Optional[list[str]] = None
+    env: Optional[dict] = None
+    name: str = "sglang server"  # "sglang server 1", "sglang router": how log lines and errors call it
+    restarts: int = 0
+    started_at: float = 0.0  # time.monotonic() of the last (re)start
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never route 127.0.0.1 via a proxy
@@ -171,11 +201,20 @@ class SGLangServers:
     server_urls: list[str]
     router_url: Optional[str] = None
     targets: list[Target] = field(default_factory=list)  # what we launched, servers then router
+    max_restarts: int = 3  # per launched process, over the life of this object
+    health_timeout_s: float = 600.0  # for a restarted process
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _closed: bool = False  # shut down: a restart still under way stops what it started
 
     @property
     def generate_url(self) -> Optional[str]:
         """Where `/generate` goes: the router when there is one (None: the client balances itself)."""
         return self.router_url
+
+    @property
+    def restart_count(self) -> int:
+        """Restarts so far, all processes together (a weight-update group must be formed again after one)."""
+        return sum(t.restarts for t in self.targets)
 
     @classmethod
     def attach(cls, urls: Sequence[str], *, router_url: Optional[str] = None, health_timeout_s: float = 60.0,
@@ -183,7 +222,9 @@ class SGLangServers:
         """Running servers: no launch, only the health wait."""
         if not urls:
             raise ValueError(f"{key} is empty: give the running servers' URLs, or leave it empty to launch servers")
-        servers = cls([check_url(u, key) for u in urls], check_url(router_url, "router_url") if router_url else None)
+        servers = cls([check_url(u, key) for u in urls],
+                      check_url(router_url, "rollout.sglang.router_url") if router_url else None,
+                      health_timeout_s=health_timeout_s)
         targets = [Target(u) for u in servers.server_urls]
         if servers.router_url:
             targets.append(Target(servers.router_url, health_path=ROUTER_HEALTH_PATH))
@@ -191,16 +232,23 @@ class SGLangServers:
         return servers
 
     @classmethod
-    def launch(cls, cfg, model_path: str, *, log_dir: str, host: str = "127.0.0.1", gpu_offset: int = 0,
-               seed: Optional[int] = None, extra_args: Sequence[str] = (), router: Optional[bool] = None,
-               router_policy: str = "cache_aware", launcher: Sequence[str] = SERVER_LAUNCHER,
+    def launch(cls, cfg, model_path: str, *, log_dir: str, host: Optional[str] = None,
+               gpu_offset: Optional[int] = None, seed: Optional[int] = None,
+               extra_args: Optional[Sequence[str]] = None, router: Optional[bool] = None,
+               router_policy: Optional[str] = None, launcher: Sequence[str] = SERVER_LAUNCHER,
                router_launcher: Sequence[str] = ROUTER_LAUNCHER, env: Optional[dict] = None) -> "SGLangServers":
-        """Start `cfg.num_servers` servers (an SGLangConfig) and, when `router` (default: more than one
-        server and sglang_router importable), the router; wait until all are healthy."""
-        if router is None:
-            import importlib.util
+        """Start `cfg.num_servers` servers (an SGLangConfig) and, when `router` (default
+        `cfg.router`; auto: more than one server and sglang_router importable), the router; wait
+        until all are healthy. The keyword arguments left None come from the config."""
+        import importlib.util
 
+        host = cfg.host if host is None else host
+        router = cfg.router if router is None else router
+        if router == "auto":
             router = cfg.num_servers > 1 and importlib.util.find_spec("sglang_router") is not None
+        elif router and tuple(router_launcher) == ROUTER_LAUNCHER and importlib.util.find_spec("sglang_router") is None:
+            raise SGLangLaunchError("rollout.sglang.router is true but sglang_router is not installed: "
+                                    "pip install sglang-router, or set rollout.sglang.router to auto or false")
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         commands = server_commands(cfg, model_path, host=host, gpu_offset=gpu_offset, seed=seed,
                                    extra_args=extra_args, launcher=launcher)
@@ -210,18 +258,21 @@ class SGLangServers:
                 raise SGLangLaunchError(
                     f"port {port} on {_client_host(host)} is already in use: attach to a running server with "
                     "rollout.sglang.urls, stop it, or move rollout.sglang.base_port / router_port")
-        servers = cls([url for url, _ in commands])
+        servers = cls([url for url, _ in commands], max_restarts=cfg.max_restarts,
+                      health_timeout_s=cfg.health_timeout_s)
         atexit.register(servers.shutdown)  # never leave GPU servers behind when the trainer dies
         try:
             for i, (url, cmd) in enumerate(commands):
-                servers.targets.append(_start(url, cmd, Path(log_dir) / f"sglang-server-{i}.log", env))
+                target = _start(url, cmd, Path(log_dir) / f"sglang-server-{i}.log", env)
+                target.name = f"sglang server {i}"
+                servers.targets.append(target)
             wait_healthy(servers.targets, cfg.health_timeout_s)
             if router:
                 servers.router_url = f"http://{_client_host(host)}:{cfg.router_port}"
-                cmd = router_command(servers.server_urls, port=cfg.router_port, host=host, policy=router_policy,
-                                     launcher=router_launcher)
+                cmd = router_command(servers.server_urls, port=cfg.router_port, host=host,
+                                     policy=router_policy or cfg.router_policy, launcher=router_launcher)
                 target = _start(servers.router_url, cmd, Path(log_dir) / "sglang-router.log", env)
-                target.health_path = ROUTER_HEALTH_PATH
+                target.health_path, target.name = ROUTER_HEALTH_PATH, "sglang router"
                 servers.targets.append(target)
                 wait_healthy([target], cfg.health_timeout_s)
         except BaseException:
@@ -229,8 +280,89 @@ class SGLangServers:
             raise
         return servers
 
+    # ------------------------------------------------------------------ dead or hung processes
+    def target_of(self, url: str) -> Optional[Target]:
+        """The launched process serving `url` (None: attached, not ours)."""
+        return next((t for t in self.targets if t.url == url and t.process is not None), None)
+
+    def diagnose(self, target: Target, probe_timeout_s: float = 30.0) -> Optional[str]:
+        """What is wrong with a launched process ("died (exit code -9)", "hung (...)"), or None
+        when it is alive and answers its health probe."""
+        code = target.process.poll()
+        if code is not None:
+            return f"died (exit code {code})"
+        ok, what = probe(target.url, target.health_path, timeout_s=probe_timeout_s)
+        if ok:
+            return None
+        if what.startswith("no reply"):
+            return f"hung (alive, but its health probe got no reply within {probe_timeout_s:g}s)"
+        return f"is unhealthy (alive, but its health probe got {what})"
+
+    def recover(self, url: str, since: float, *, probe_timeout_s: float = 30.0) -> tuple[bool, list[str]]:
+        """After a request to `url` (a server or the router) failed for good: restart whichever of
+        the launched processes behind it is dead or hung. `since`: time.monotonic() when the failed
+        request was first sent (a process restarted after that is not restarted again: another
+        request's recovery already did it). Returns (recovered, restarted URLs): recovered False
+        means every process is alive and healthy (the failure was not theirs). Raises
+        SGLangLaunchError (one line) for an attached server, after `max_restarts`, or when the
+        restarted process does not come up."""
+        with self._lock:
+            if url == self.router_url:
+                behind = [t for t in self.targets if t.process is not None]
+                if not behind:
+                    raise SGLangLaunchError(
+                        f"sglang router {url} and its servers were attached (rollout.sglang.router_url, urls), not "
+                        "launched by us, so they cannot be restarted: restart them and rerun")
+            else:
+                target = self.target_of(url)
+                if target is None:
+                    raise SGLangLaunchError(
+                        f"SGLang server {url} was attached (rollout.sglang.urls), not launched by us, so it cannot "
+                        "be restarted: restart it (check its log) and rerun")
+                behind = [target]
+            recovered, restarted = False, []
+            for t in behind:
+                if t.started_at > since:
+                    recovered = True  # restarted after the request was sent: send it again
+                    continue
+                why = self.diagnose(t, probe_timeout_s)
+                if why is not None:
+                    self.restart(t, why)
+                    recovered = True
+                    restarted.append(t.url)
+            return recovered, restarted
+
+    def restart(self, target: Target, why: str, *, grace_s: float = 5.0) -> None:
+        """Kill what is left of `target`'s process group, start the same command on the same port
+        (its log appended to) and wait until it is healthy."""
+        if target.cmd is None:
+            raise SGLangLaunchError(f"{target.name} ({target.url}) {why} and was not launched by us: restart it")
+        where = f"log: {target.log_path}"
+        if target.restarts >= self.max_restarts:
+            line = last_log_line(target.log_path)
+            raise SGLangLaunchError(
+                f"{target.name} ({target.url}) {why} after {target.restarts} restart"
+                f"{'' if target.restarts == 1 else 's'} (rollout.sglang.max_restarts {self.max_restarts}); {where}"
+                + (f"; last log line: {line!r}" if line else "")
+                + "; fix what the log says or raise rollout.sglang.max_restarts")
+        target.restarts += 1
+        message = (f"{target.name} ({target.url}) {why}; restarting (restart {target.restarts} of "
+                   f"{self.max_restarts}), {where}")
+        log.warning(message)
+        _stop(target.process, grace_s)  # a hung process and whatever its workers left
+        if self._closed:
+            raise SGLangLaunchError(f"{target.name} ({target.url}) not restarted: the servers were shut down")
+        fresh = _start(target.url, target.cmd, Path(target.log_path), target.env, note=message)
+        target.process, target.started_at, target.last = fresh.process, fresh.started_at, "no answer yet"
+        if self._closed:  # shutdown ran while it started: do not leave it behind
+            _stop(target.process, grace_s)
+            raise SGLangLaunchError(f"{target.name} ({target.url}) not restarted: the servers were shut down")
+        wait_healthy([target], self.health_timeout_s,
+                     timeout_fix="raise rollout.sglang.health_timeout_s if it is still loading")
+
     def shutdown(self, grace_s: float = 20.0) -> None:
         """Stop what we launched (router first): SIGTERM to each process group, SIGKILL after `grace_s`."""
+        self._closed = True
         for t in reversed(self.targets):
             _stop(t.process, grace_s)
         self.targets = [t for t in self.targets if t.process is None]
@@ -242,15 +374,17 @@ class SGLangServers:
         self.shutdown()
 
 
-def _start(url: str, cmd: list[str], log_path: Path, env: Optional[dict]) -> Target:
-    log = open(log_path, "ab")
-    log.write(f"\n$ {' '.join(cmd)}\n".encode())
-    log.flush()
+def _start(url: str, cmd: list[str], log_path: Path, env: Optional[dict], note: Optional[str] = None) -> Target:
+    log_file = open(log_path, "ab")
+    if note:
+        log_file.write(f"\n[megatron-rl] {note}\n".encode())
+    log_file.write(f"\n$ {' '.join(cmd)}\n".encode())
+    log_file.flush()
     # a session of its own: shutdown can signal the server and every TP worker it spawned at once
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=env)
-    log.close()  # the child keeps its own descriptor
-    return Target(url, proc, str(log_path))
+    log_file.close()  # the child keeps its own descriptor
+    return Target(url, proc, str(log_path), cmd=list(cmd), env=env, started_at=time.monotonic())
 
 
 def _stop(proc: Optional[subprocess.Popen], grace_s: float) -> None:

@@ -51,6 +51,7 @@ class DiskWeightSync:
         self.client.update_weights_from_disk(str(path), load_format=self.load_format, weight_version=version)
         if self.engine is not None:
             self.engine.weight_version = version
+            self.engine.disk_weights = str(path)  # a server restarted later loads it again
         self.prune(version)
 
     def prune(self, version: int) -> None:

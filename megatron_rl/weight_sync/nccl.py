@@ -88,13 +88,17 @@ class NcclWeightSync:
 
     def __init__(self, target=None, *, group_name: str = "megatron_rl_weights", backend: str = "nccl",
                  master_address: Optional[str] = None, bucket_bytes: int = 512 << 20, flatten: bool = True,
-                 pause_mode: str = "abort", timeout_s: float = 600.0):
+                 pause_mode: str = "abort", timeout_s: float = 600.0, master_port: Optional[int] = None):
         """`target`: the SGLangEngine (or SGLangClient) on global rank 0, None on the other ranks.
-        `master_address`: how the servers reach the sending rank (default: this node's address)."""
+        `master_address`: how the servers reach the sending rank (default: this node's address);
+        `master_port`: the rendezvous port of stage 0's group (stage s: + s; default: a free port)."""
         self.client, self.engine = _client_of(target) if target is not None else (None, None)
+        self.base_group_name = group_name
         self.group_name = group_name
         self.backend = backend
         self.master_address = master_address
+        self.master_port = master_port
+        self._epoch = 0  # the engine's server restarts when the group was formed
         self.bucket_bytes = bucket_bytes
         self.flatten = flatten
         self.pause_mode = pause_mode
@@ -108,7 +112,7 @@ class NcclWeightSync:
         urls = self.client.server_urls
         tp = [self.client.tp_size(u) for u in urls]
         address = self.master_address or this_node_address()
-        port = master_port or free_port()
+        port = master_port or self.master_port or free_port()
         world = 1 + sum(tp)
         futures = [self.client.submit(aio.init_weights_update_group(
             url, master_address=address, master_port=port, rank_offset=1 + sum(tp[:i]), world_size=world,
@@ -124,9 +128,37 @@ class NcclWeightSync:
         dist.destroy_process_group(self.group)
         self.group = None
 
+    def _restarts(self) -> int:
+        return int(getattr(self.engine, "restart_count", 0) or 0) if self.engine is not None else 0
+
+    def _name(self, stage: Optional[int] = None) -> str:
+        """`<group_name>[_pp<stage>][_r<restarts>]`: a group formed again after a restart gets a new
+        name (the surviving servers may still hold the old one)."""
+        return (self.base_group_name + (f"_pp{stage}" if stage is not None else "")
+                + (f"_r{self._epoch}" if self._epoch else ""))
+
+    def _drop_group(self) -> None:
+        """After a server restart the group is short of the restarted server's ranks (a broadcast
+        would wait for them forever): the survivors drop it, and so do we (best effort)."""
+        for url in self.client.server_urls:
+            try:
+                self.client.run(self.client.aio.destroy_weights_update_group(url, self.group_name))
+            except Exception:  # the restarted server never had it
+                pass
+        try:
+            dist.destroy_process_group(self.group)
+        except Exception:
+            pass
+        self.group = None
+
     def push(self, buckets: Iterable[Bucket], version: Optional[int] = None) -> dict:
         start = time.perf_counter()
+        restarts = self._restarts()
+        if self.group is not None and restarts != self._epoch:
+            self._drop_group()
         if self.group is None:
+            self._epoch = restarts
+            self.group_name = self._name()
             self.connect()
         open_update(self.client, self.pause_mode)
         ok = False
@@ -181,7 +213,14 @@ class NcclWeightSync:
         rank = dist.get_rank()
         stage, pp = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size()
         replica, sender = sender_roles()
-        if self.group is None and not getattr(self, "_connected", False):
+        restarts = [self._restarts() if rank == 0 else None]
+        dist.broadcast_object_list(restarts, src=0)  # rank 0's engine knows of server restarts
+        if getattr(self, "_connected", False) and restarts[0] != self._epoch:
+            if self.group is not None:
+                self._drop_group()
+            self._connected = False
+        if not getattr(self, "_connected", False):
+            self._epoch = restarts[0]
             self._connect_stages(sender, stage)
         if rank == 0:
             open_update(self.client, self.pause_mode)
@@ -203,19 +242,22 @@ class NcclWeightSync:
         return summed_stats(stats, start)
 
     def _connect_stages(self, sender: bool, stage: int) -> None:
-        """Collective: every stage's sender gets a client and a group named `<group_name>_pp<stage>`."""
+        """Collective: every stage's sender gets a client and a group named `<group_name>_pp<stage>`
+        (formed again, under a new name, after a server restart)."""
         from .collective import client_for_sender
 
         rank = dist.get_rank()
-        self.client = client_for_sender(self.client, sender)
+        if not getattr(self, "_shared", False):
+            self.client = client_for_sender(self.client, sender)
+            self._shared = True
         if sender:
-            self.group_name = f"{self.group_name}_pp{stage}"
+            self.group_name = self._name(stage)
             # every sender is its group's master: its own address and a free port of its node
             self.master_address = self.master_address if rank == 0 and self.master_address else this_node_address()
         senders = [None] * dist.get_world_size()
         dist.all_gather_object(senders, stage if sender else None)
         for s in sorted({x for x in senders if x is not None}):  # a server joins one group at a time
             if sender and stage == s:
-                self.connect()
+                self.connect(self.master_port + stage if self.master_port else None)
             dist.barrier()
         self._connected = True

@@ -115,11 +115,28 @@ class TensorWeightSync:
             self.engine.weight_version = version
         return {**stats, "seconds": time.perf_counter() - start}
 
+    def _released(self, tag: str) -> bool:
+        """Whether to resume `tag` (manage_memory): what the engine released (resuming a tag that
+        is not released kills a 0.5.23 server's scheduler), or always with a bare client."""
+        released = getattr(self.engine, "released", None)
+        return self.manage_memory and (released is None or tag in released)
+
     def open(self) -> None:
-        open_update(self.client, self.pause_mode, resume_weights=self.manage_memory)
+        if self._released("weights"):  # the weights first, the KV cache only after the buckets are gone
+            self._resume(["weights"])
+        open_update(self.client, self.pause_mode)
 
     def close(self, ok: bool = True) -> None:
-        close_update(self.client, ok, resume_kv_cache=self.manage_memory)
+        close_update(self.client, ok)
+        tags = [t for t in ("kv_cache", "cuda_graph") if self._released(t)]
+        if ok and tags:
+            self._resume(tags)
+
+    def _resume(self, tags: list) -> None:
+        if self.engine is not None and hasattr(self.engine, "released"):
+            self.engine.resume_memory(tags)  # keeps the engine's record of what is released
+        else:
+            self.client.resume_memory_occupation(tags)
 
     def send(self, buckets: Iterable[Bucket], version: Optional[int] = None) -> dict:
         """Send buckets inside an open update; one bucket in flight while the next is prepared.

@@ -11,6 +11,10 @@ Generation: sample j of a prompt starts at token (last prompt token + 1 + j) % v
 by one; the logprob of the t-th response token is -(t + 1) / 100 - j / 1000. `max_new_tokens`,
 `stop_token_ids` and `n` are honoured; stop strings are not (no tokenizer).
 
+Failure injection: `fail_next` (statuses), `abort_next`, `delay_s`, `unhealthy_probes`, `hang` (every
+request, health probes included, waits forever); in a fake run as a process, POST them to
+`/fake_config` and read `/fake_state`.
+
 Tensor updates are decoded with the real `MultiprocessingSerializer` / `FlattenedTensorBucket`
 (every TP rank's payload, which must all hold the same tensors) and recorded in `weights`.
 
@@ -144,6 +148,7 @@ class FakeSGLang:
         self.abort_next: list[Optional[int]] = []  # per next generate request: outputs to abort (None: all)
         self.delay_s = 0.0
         self.unhealthy_probes = unhealthy_probes
+        self.hang = False  # every request (health probes too) waits forever: a hung server
         # records
         self.events: list[str] = []  # control calls in arrival order
         self.requests: list[tuple[str, Any]] = []  # every (path, body)
@@ -190,6 +195,8 @@ class FakeSGLang:
     def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         with self.lock:
             self.requests.append((path, body))
+        while self.hang and not path.startswith("/fake_"):
+            time.sleep(0.05)
         get_routes = {"/health": self.health, "/health_generate": self.health, "/get_server_info": self.server_info,
                       "/model_info": self.model_info, "/fake_state": self.fake_state}
         if not self.legacy_info_route:
@@ -201,7 +208,8 @@ class FakeSGLang:
                        "/update_weights_from_tensor": self.update_from_tensor,
                        "/init_weights_update_group": self.init_group,
                        "/update_weights_from_distributed": self.update_from_distributed,
-                       "/destroy_weights_update_group": self.destroy_group, "/fake_reset": self.fake_reset}
+                       "/destroy_weights_update_group": self.destroy_group, "/fake_reset": self.fake_reset,
+                       "/fake_config": self.fake_config}
         if self.needs_session:
             post_routes.update({"/begin_weight_update": self.begin, "/end_weight_update": self.end})
         routes = get_routes if method == "GET" else post_routes
@@ -342,6 +350,9 @@ class FakeSGLang:
     def resume_memory(self, body):
         tags = body.get("tags") or ["weights", "kv_cache", "cuda_graph"]
         self._check_tags(tags)
+        if set(tags) - self.released:  # 0.5.23: offload_tags.remove(tag) raises in the scheduler
+            return 500, {"error": {"message": f"fake: resume of {sorted(set(tags) - self.released)}, which is not "
+                                              "released (sglang 0.5.23's scheduler raises KeyError)"}}
         self._event("resume:" + ",".join(tags))
         self.released -= set(tags)
         return 200, None
@@ -488,12 +499,23 @@ class FakeSGLang:
             self.events.clear()
         return 200, {}
 
+    def fake_config(self, body):
+        """Fake-only: failure injection in a fake run as its own process (delay_s, hang, fail_next,
+        abort_next, weight_version)."""
+        with self.lock:
+            for key in ("delay_s", "hang", "fail_next", "abort_next", "weight_version"):
+                if key in body:
+                    setattr(self, key, body[key])
+        return 200, {}
+
     def fake_state(self, body):
-        """Fake-only: what a test in another process needs to see (events, received weights)."""
+        """Fake-only: what a test in another process needs to see (events, received weights, load)."""
         with self.lock:
             weights = {n: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
                            "values": t.double().flatten().tolist()} for n, t in self.weights.items()}
-            return 200, {"events": list(self.events), "weights": weights, "weight_version": self.weight_version}
+            return 200, {"events": list(self.events), "weights": weights, "weight_version": self.weight_version,
+                         "in_flight": self.in_flight,
+                         "generate_requests": sum(p == "/generate" for p, _ in self.requests)}
 
 
 def _handler(fake: FakeSGLang):
@@ -560,6 +582,7 @@ def main(argv=None) -> int:
     p.add_argument("--fake-exit-code", type=int, default=None)  # die at start, like a bad model path
     p.add_argument("--fake-startup-s", type=float, default=0.0)
     p.add_argument("--fake-join-groups", action="store_true")  # take part in weight-update process groups
+    p.add_argument("--fake-delay-s", type=float, default=0.0)  # every /generate takes this long
     args, _ = p.parse_known_args(argv)
     print(f"fake sglang: model {args.model_path} tp {args.tp_size} port {args.port}", flush=True)
     if args.fake_exit_code is not None:
@@ -568,6 +591,7 @@ def main(argv=None) -> int:
     time.sleep(args.fake_startup_s)
     fake = FakeSGLang(version=args.fake_version, tp_size=args.tp_size, host=args.host, port=args.port,
                       model_path=args.model_path, join_groups=args.fake_join_groups)
+    fake.delay_s = args.fake_delay_s
     print("fake sglang: ready", flush=True)
     fake.httpd.serve_forever(poll_interval=0.05)
     return 0

@@ -7,8 +7,8 @@ import httpx
 import pytest
 from fake_sglang import FakeSGLang
 
-from megatron_rl.rollout.sglang_client import (SGLangClient, SGLangError, needs_weight_update_session,
-                                               parse_version)
+from megatron_rl.rollout.sglang_client import (SGLangClient, SGLangError, SGLangStaleWeightsError,
+                                               needs_weight_update_session, parse_version)
 from megatron_rl.rollout.types import SamplingParams
 
 FAST = dict(backoff_s=0.001, max_backoff_s=0.01)
@@ -66,8 +66,23 @@ def test_single_sample_requests_have_no_n_and_weight_version_comes_from_the_serv
     batch = client.generate([[3]], SamplingParams(max_new_tokens=2), n=1, weight_version=4)
     assert "n" not in _generate_bodies(fake)[0]["sampling_params"]
     assert batch.samples[0].weight_version == 12
-    fake.weight_version = "default"  # a server that never got one of ours: the engine's version
+    fake.weight_version = "custom"  # not one of ours: the engine's version
     assert client.generate([[3]], SamplingParams(max_new_tokens=2), weight_version=4).samples[0].weight_version == 4
+
+
+def test_replies_with_older_weights_than_the_rollout_are_not_used(fake, client):
+    """A server that never got an update ("default": the checkpoint, version 0) or an older one
+    serving a rollout of version 4 (a restarted server): its samples are asked for again, and after
+    the retries the rollout fails in one line."""
+    fake.weight_version = "default"
+    assert client.generate([[3]], SamplingParams(max_new_tokens=2), weight_version=0).samples[0].weight_version == 0
+    for reported in ("default", "3"):
+        fake.weight_version = reported
+        with pytest.raises(SGLangStaleWeightsError) as err:
+            client.generate([[3]], SamplingParams(max_new_tokens=2), weight_version=4)
+        assert "\n" not in str(err.value) and "instead of 4 3 times" in str(err.value)
+    fake.weight_version = "5"  # newer (an update during the rollout): the server's record wins
+    assert client.generate([[3]], SamplingParams(max_new_tokens=2), weight_version=4).samples[0].weight_version == 5
 
 
 def test_request_bodies_pass_sglangs_own_contract(fake, client):

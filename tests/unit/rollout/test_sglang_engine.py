@@ -37,10 +37,12 @@ def test_engine_over_two_attached_servers():
             assert sorted(g[0].prompt_index for g in groups) == [10, 11] and all(len(g) == 3 for g in groups)
 
             engine.release_memory()
+            engine.release_memory(["weights"])  # already released: nothing sent
             engine.resume_memory(["weights"])
-            engine.resume_memory()
+            engine.resume_memory()  # only what is still released (0.5.23 fails on the rest)
             assert a.events[-3:] == ["release:weights,kv_cache,cuda_graph", "resume:weights",
-                                     "resume:weights,kv_cache,cuda_graph"]
+                                     "resume:kv_cache,cuda_graph"]
+            assert engine.released == set()
         finally:
             engine.shutdown()
         assert probe(a.url)[0]  # attached servers are not ours to stop
