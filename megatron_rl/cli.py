@@ -59,24 +59,76 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 # --- demo -------------------------------------------------------------------------------------
 
 
+def _megatron_demo(args: argparse.Namespace) -> int:
+    """SFT warm start, then GRPO, on the generated arithmetic task (configs/demo.yaml); each phase
+    launches its ranks (cluster.gpus_per_node) itself. Running it again resumes where it stopped."""
+    import json
+    import time
+    from pathlib import Path
+
+    from megatron_rl.data.synthetic import prepare_demo_data
+
+    if args.config is None:
+        args.config = str(CONFIGS_DIR / "demo.yaml")
+    overrides = list(args.overrides) + ([f"trainer.total_steps={args.steps}"] if args.steps else [])
+    cfg = load_config(args.config, overrides)
+    start = time.monotonic()
+    prepare_demo_data(Path(cfg.data.train_path).parent, **DEMO_TASK)
+    sft_hf = Path(cfg.sft.output_dir) / "hf"
+    if (sft_hf / "config.json").is_file():
+        print(f"demo: SFT warm start already done ({sft_hf})")
+    else:
+        print(f"demo: 1/2 SFT warm start, {cfg.sft.steps} steps")
+        rc = main(["sft", args.config, *overrides])
+        if rc:
+            return rc
+    print(f"demo: 2/2 GRPO, {cfg.trainer.total_steps} steps from {sft_hf}")
+    rc = main(["train", args.config, *overrides, f"model.hf_path={sft_hf}"])
+    if rc:
+        return rc
+    out = Path(cfg.run.output_dir)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+    def first_last(key, kind):
+        values = [r[key] for r in rows if r.get("kind") == kind and r.get(key) is not None]
+        return (values[0], values[-1]) if values else (float("nan"), float("nan"))
+
+    reward, accuracy = first_last("reward/mean", "train"), first_last("eval/accuracy", "eval")
+    print(f"demo: train reward (sampled, T={cfg.rollout.sampling.temperature}) {reward[0]:.3f} -> {reward[1]:.3f}; "
+          f"eval accuracy (greedy) {accuracy[0]:.3f} -> {accuracy[1]:.3f}; "
+          f"{time.monotonic() - start:.0f} s; plot {out / 'metrics.png'}, metrics {out / 'metrics.jsonl'}")
+    return 0
+
+
+# The Megatron demo's task: addition of 0..19 + 0..19 (300 train / 100 held-out problems), small
+# enough that the 78k-parameter model's reward visibly moves within a few minutes of CPU GRPO.
+DEMO_TASK = {"max_value": 19, "n_train": 300, "n_eval": 100}
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.config is not None and "=" in args.config and not os.path.exists(args.config):
+        args.overrides, args.config = [args.config, *args.overrides], None  # `demo key=value ...`
+    if args.megatron:
+        return _megatron_demo(args)
     from megatron_rl import toy_grpo  # torch-heavy: imported only for this command
 
-    if "=" in args.config and not os.path.exists(args.config):  # `demo key=value ...`: no CONFIG given
-        args.overrides, args.config = [args.config, *args.overrides], str(CONFIGS_DIR / "toy_grpo.yaml")
+    if args.config is None:
+        args.config = str(CONFIGS_DIR / "toy_grpo.yaml")
     return toy_grpo.main(args.config, args.overrides, steps=args.steps, output_dir=args.output_dir, lr=args.lr)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a small GRPO run on CPU that learns (progress bar, metrics, plot)",
-                       description="Train a toy GRU policy with the algorithm settings of CONFIG "
-                                   "(default configs/toy_grpo.yaml); prints the reward at the start and "
-                                   "the end and writes metrics.jsonl, reward_curve.png and config.yaml.")
-    p.add_argument("config", metavar="CONFIG", nargs="?", default=str(CONFIGS_DIR / "toy_grpo.yaml"))
+                       description="Default: a toy GRU policy trained with the algorithm library "
+                                   "(configs/toy_grpo.yaml). --megatron: the full stack on 2 CPU ranks: "
+                                   "generated arithmetic data, SFT warm start of a tiny Megatron Qwen2, then "
+                                   "GRPO with the embedded engine (configs/demo.yaml).")
+    p.add_argument("config", metavar="CONFIG", nargs="?", default=None)
     p.add_argument("overrides", metavar="key.path=value", nargs="*", help="overrides, applied last")
+    p.add_argument("--megatron", action="store_true", help="run the Megatron SFT -> GRPO demo")
     p.add_argument("--steps", type=_positive_int, default=None, help="override trainer.total_steps")
-    p.add_argument("--output-dir", default=None, help="default: run.output_dir")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the toy policy")
+    p.add_argument("--output-dir", default=None, help="toy demo: default run.output_dir")
+    p.add_argument("--lr", type=float, default=1e-3, help="toy demo: Adam learning rate of the toy policy")
     p.set_defaults(handler=_demo)
 
 
@@ -121,7 +173,98 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_convert)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_validate, _add_demo, _add_convert]
+# --- train / sft ------------------------------------------------------------------------------
+
+
+def _under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _relaunch(args: argparse.Namespace, nproc: int) -> int:
+    """Not under torchrun but the config wants several ranks on this node: start them here, with
+    torchrun's own launcher. A rank's one-line error is the message; torchrun's failure report (a
+    traceback of the launcher itself) is not printed. Exit code: 2 when rank 0 reported a bad input."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    argv = ["--standalone", f"--nproc_per_node={nproc}", "-m", "megatron_rl.cli", args.command, args.config,
+            *args.overrides]
+    print(f"launching {nproc} ranks: torchrun {' '.join(argv)}", file=sys.stderr)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(get_args_parser().parse_args(argv))
+        return 0
+    except ChildFailedError as exc:
+        codes = {failure.exitcode for failure in exc.failures.values()}
+        return 2 if 2 in codes else 1
+
+
+def _load_for_launch(args: argparse.Namespace):
+    world = int(os.environ["WORLD_SIZE"]) if _under_torchrun() else None
+    return load_config(args.config, args.overrides, world_size=world or args.world_size)
+
+
+def _run_job(args: argparse.Namespace, job: str) -> int:
+    """`train` / `sft`: validate, re-launch under torchrun when one node needs several ranks, run."""
+    cfg = _load_for_launch(args)
+    if not _under_torchrun() and cfg.cluster.world_size > 1:
+        if cfg.cluster.nnodes > 1:
+            raise ConfigError(f"cluster.nnodes={cfg.cluster.nnodes}: start every node with torchrun "
+                              "(launch/torchrun.sh), or set cluster.nnodes=1")
+        return _relaunch(args, cfg.cluster.gpus_per_node)
+    from megatron_rl.parallel import destroy_parallel
+    from megatron_rl.trainer.errors import PeerFailed
+
+    try:
+        if job == "sft":
+            from megatron_rl.trainer.sft import run_sft
+
+            result = run_sft(cfg)
+        else:
+            from megatron_rl.trainer.rl import RLTrainer
+
+            if int(os.environ.get("RANK", "0")) == 0:
+                save_resolved(cfg, os.path.join(cfg.run.output_dir, "config.yaml"))
+            result = RLTrainer(cfg).run()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{job} done: " + ", ".join(f"{k}={v}" for k, v in result.items()))
+        return 0
+    except PeerFailed:  # rank 0 reported the cause; the other ranks leave quietly
+        return 1
+    finally:
+        destroy_parallel()
+
+
+def _train(args: argparse.Namespace) -> int:
+    return _run_job(args, "train")
+
+
+def _sft(args: argparse.Namespace) -> int:
+    return _run_job(args, "sft")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="RL training (PPO, GRPO, DAPO, GSPO, ...) from a run config",
+                       description="Run the RL loop of CONFIG. Under torchrun each process is one rank; "
+                                   "started plainly with cluster.gpus_per_node > 1 it launches that many "
+                                   "ranks on this machine. Resumes from the newest complete checkpoint.")
+    _add_config_arguments(p)
+    p.set_defaults(handler=_train)
+
+
+def _add_sft(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sft", help="supervised fine-tuning (warm start before RL), exported to HF",
+                       description="Fine-tune the actor on sft.train_path (prompt/response rows) and write "
+                                   "an HF checkpoint to sft.output_dir/hf.")
+    _add_config_arguments(p)
+    p.set_defaults(handler=_sft)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_validate, _add_train, _add_sft, _add_demo,
+                                                                 _add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,17 +288,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    report = os.environ.get("RANK", "0") == "0"  # under torchrun every rank may fail alike: rank 0 says it
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if report:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # a CheckpointError (bad or missing checkpoint) is a ValueError with one line
         from megatron_rl.models.hf_io import CheckpointError
 
         if not isinstance(exc, CheckpointError):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        if report:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `megatron-rl validate x.yaml | head`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

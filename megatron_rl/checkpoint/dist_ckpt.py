@@ -31,11 +31,18 @@ _MARKER = "complete.json"
 _OPTIM_META = {"distrib_optim_sharding_type": "fully_reshardable"}  # changes of TP, PP and DP
 
 
-def _model_sd(role):
-    chunks = [unwrap(c) for c in role.chunks]  # GPTModel names, without DDP's "module." prefix
+def _model_sd(role, name: str):
+    # GPTModel names, without DDP's "module." prefix; the role name prefixes every sharded key, so
+    # two roles of the same architecture (actor and reference) do not write the same tensors
+    chunks = [unwrap(c) for c in role.chunks]
     if len(chunks) == 1:
-        return {"model": chunks[0].sharded_state_dict()}
-    return {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
+        return {"model": chunks[0].sharded_state_dict(prefix=f"{name}.")}
+    return {f"model{i}": c.sharded_state_dict(prefix=f"{name}.") for i, c in enumerate(chunks)}
+
+
+def _strip(state: dict, name: str) -> dict:
+    prefix = f"{name}."
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def _fill_empty_adam_state(optimizer) -> None:
@@ -93,7 +100,7 @@ def _torch_adam_step_passthrough(optimizer):
 def _sharded_state(roles: dict, is_loading: bool) -> dict:
     state = {}
     for name, role in roles.items():
-        sd = _model_sd(role)
+        sd = _model_sd(role, name)
         if role.optimizer is not None:
             if is_loading:
                 _fill_empty_adam_state(role.optimizer)
@@ -177,6 +184,11 @@ def _complete_steps(root: Path) -> list[int]:
     return steps
 
 
+def list_checkpoints(ckpt_dir: str) -> list[Path]:
+    """The complete checkpoint directories under `ckpt_dir`, newest first."""
+    return [Path(ckpt_dir) / f"step_{step:08d}" for step in sorted(_complete_steps(Path(ckpt_dir)), reverse=True)]
+
+
 def find_latest(ckpt_dir: str) -> Optional[Path]:
     """The newest complete checkpoint directory under `ckpt_dir`, or None."""
     steps = _complete_steps(Path(ckpt_dir))
@@ -216,10 +228,10 @@ def load_checkpoint(path: str, roles: dict, *, load_optimizer: bool = True) -> d
     for name, role in roles.items():
         state = loaded[name]
         if len(role.chunks) == 1:
-            unwrap(role.chunks[0]).load_state_dict(state["model"])
+            unwrap(role.chunks[0]).load_state_dict(_strip(state["model"], name))
         else:
             for i, c in enumerate(role.chunks):
-                unwrap(c).load_state_dict(state[f"model{i}"])
+                unwrap(c).load_state_dict(_strip(state[f"model{i}"], name))
         if load_optimizer and role.optimizer is not None:
             with _torch_adam_step_passthrough(role.optimizer):
                 role.optimizer.load_state_dict(state["optimizer"])

@@ -12,6 +12,7 @@ from .synthetic import (
     make_arithmetic_dataset,
     make_char_tokenizer,
     prepare_demo_data,
+    digit_credit,
     reward_exact_match,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "make_arithmetic_dataset",
     "make_char_tokenizer",
     "prepare_demo_data",
+    "digit_credit",
     "reward_exact_match",
 ]

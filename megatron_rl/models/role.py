@@ -117,8 +117,11 @@ class MegatronRole:
                      with_entropy=with_entropy, backend=self.kernels)
 
     # ---------------------------------------------------------------- training
-    def train_step(self, micro_batches: list[dict], loss_fn: Callable) -> dict:
+    def train_step(self, micro_batches: list[dict], loss_fn: Callable, *, skip_nonfinite: bool = True) -> dict:
         """One optimizer step over `micro_batches` (this DP rank's share of the mini-batch).
+
+        A non-finite mini-batch loss skips the optimizer step on every rank (`update_skipped`,
+        `nonfinite_loss` in the result) unless skip_nonfinite is False.
 
         Returns {"loss": mini-batch loss (the summed shares), "grad_norm", "lr", **mean of the
         loss_fn metrics over micro-batches and DP ranks}, identical on every rank.
@@ -140,16 +143,23 @@ class MegatronRole:
             return loss * (num_mb * dp), metrics  # undo the schedule's 1/num_mb and DDP's 1/dp
 
         per_mb = run_pipeline(self.chunks, micro_batches, output_fn, forward_only=False)
-        ok, grad_norm, _ = self.optimizer.step()
-        if ok:
-            self.scheduler.step(increment=1)
-        self.step += 1
-
         names = sorted(per_mb[0])
         stacked = torch.stack([torch.stack([m[k] for m in per_mb]) for k in names])  # [metrics, mb]
         sums = stacked.sum(1)
         dist.all_reduce(sums, group=ps.get_data_parallel_group())
         out = {k: (sums[i] if k == "loss" else sums[i] / (num_mb * dp)).item() for i, k in enumerate(names)}
+
+        # every rank sees the same loss (broadcast from the last stage, summed over DP), so all
+        # agree on skipping: a non-finite loss would write NaN into the weights and Adam's moments
+        finite = bool(torch.isfinite(torch.tensor(out["loss"])))
+        if finite or not skip_nonfinite:
+            ok, grad_norm, _ = self.optimizer.step()
+        else:
+            ok, grad_norm = False, None
+            self.optimizer.zero_grad()
+        if ok:
+            self.scheduler.step(increment=1)
+        self.step += 1
         out.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-                   lr=self.optimizer.param_groups[0]["lr"], update_skipped=not ok)
+                   lr=self.optimizer.param_groups[0]["lr"], update_skipped=not ok, nonfinite_loss=not finite)
         return out

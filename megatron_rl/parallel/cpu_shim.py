@@ -169,6 +169,23 @@ def enable() -> None:
         _patch_torch_cuda()
         _mode = _CudaToCpu()
         _mode.__enter__()
+        _quiet_known_warnings()
+
+
+def _quiet_known_warnings() -> None:
+    """Warnings every CPU run prints and nobody can act on: GPU tuning advice from Megatron, the
+    non-leaf .grad access of this shim's device mapping, torch's renames of the collectives
+    Megatron calls."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS.*")
+    warnings.filterwarnings("ignore", message=r".*\.grad attribute of a Tensor that is not a leaf.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.distributed\..* is deprecated.*")
+    warnings.filterwarnings("ignore", message="Apex is not installed.*")
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecating ShardedTensor.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, message="`load_state_dict` is deprecated.*")
+    warnings.filterwarnings("ignore", message="full scope is deprecated.*")
 
 
 def is_enabled() -> bool:

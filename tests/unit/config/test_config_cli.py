@@ -39,7 +39,7 @@ def test_validate_bad_config_subprocess(fixture):
 def test_validate_overrides_and_world_size(capsys):
     # overrides may come before or after --world-size
     code = main(["validate", str(CONFIGS / "demo.yaml"), "parallel.tensor=1", "--world-size", "4",
-                 "algorithm.prompts_per_step=8"])
+                 "algorithm.prompts_per_step=8", "algorithm.mini_batch_prompts=8", "actor.micro_batch_size=4"])
     out = capsys.readouterr().out
     assert code == 0
     assert "world size 4 = TP 1 x CP 1 x PP 1 x DP 4" in out

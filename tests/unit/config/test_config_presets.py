@@ -128,5 +128,7 @@ def test_demo_shape():
     cfg = load_config(CONFIGS / "demo.yaml")
     assert cfg.cluster.world_size == 2 and cfg.parallel.tensor == 2
     assert cfg.rollout.engine == "embedded"
-    assert cfg.rollout.sampling.max_new_tokens == 16 and cfg.trainer.total_steps == 40
-    assert cfg.algorithm.prompts_per_step == 16 and cfg.rollout.n_samples_per_prompt == 8
+    assert cfg.rollout.weight_sync == "auto" and cfg.model.hf_path is None  # SFT output, set by `demo`
+    assert cfg.data.train_path == "outputs/demo/data/train.jsonl" and cfg.sft.train_path == "outputs/demo/data/sft.jsonl"
+    assert cfg.data.max_prompt_len + cfg.rollout.sampling.max_new_tokens <= cfg.model.max_position_embeddings
+    assert cfg.algorithm.advantage == "grpo" and cfg.algorithm.kl.placement == "loss"

@@ -132,3 +132,15 @@ def test_concurrent_prepare_gives_one_complete_set(tmp_path):
                                                       "train.jsonl"]
     assert len(read_jsonl(root / "train.jsonl")) == 64
     assert load_tokenizer(root / "tokenizer").eos_token_id == 1
+
+
+def test_digit_credit():
+    from megatron_rl.data import digit_credit
+
+    assert digit_credit("68<eos>", "68") == 1.0
+    assert digit_credit("63", "68") == 0.5  # tens right, ones wrong
+    assert digit_credit("168", "68") == 2 / 3  # an extra digit costs its share
+    assert digit_credit("8", "68") == 0.5
+    assert digit_credit("abc", "68") == 0.0 and digit_credit("", "68") == 0.0
+    with pytest.raises(ValueError):
+        digit_credit("68", None)

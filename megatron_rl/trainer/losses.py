@@ -1,0 +1,89 @@
+"""The actor's and the critic's loss functions for MegatronRole.train_step.
+
+Each runs on the last pipeline stage with the model output of one micro-batch and returns that
+micro-batch's share of the mini-batch loss: the numerator over the *global* normaliser of the
+mini-batch (`normalizer`, the same on every rank), so the shares sum to the mini-batch loss
+whatever the micro-batch and data-parallel split (see algorithms.aggregation).
+
+Tensors in a micro-batch are full-row [b, S] (position t refers to token x_t); the logits at
+position t predict x_{t+1}, hence the one-column shift below.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .. import algorithms as A
+from ..config.schema import AlgorithmConfig
+
+
+def _tp_group():
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
+
+
+def actor_loss_fn(algo: AlgorithmConfig, *, normalizer: torch.Tensor, temperature: float, vocab_size: int,
+                  backend: str = "auto", use_kl_loss: bool, use_is_weights: bool) -> Callable:
+    """Clipped-ratio policy loss (+ k-estimator KL to the reference, - entropy bonus) from logits."""
+    from .. import kernels
+
+    pl = algo.policy_loss
+
+    def loss_fn(logits: torch.Tensor, mb: dict):
+        shift = lambda key: mb[key][:, 1:]  # noqa: E731  tensor at x_{t+1}, aligned with logits at t
+        loss, metrics = kernels.clipped_policy_loss(
+            logits[:, :-1], shift("input_ids"), old_logprob=shift("old_logprobs"), advantages=shift("advantages"),
+            response_mask=shift("response_mask"), clip_low=pl.clip_low, clip_high=pl.clip_high,
+            dual_clip=pl.dual_clip, ratio=pl.ratio, agg=algo.loss_agg,
+            is_weights=shift("is_weights") if use_is_weights else None, normalizer=normalizer,
+            log_ratio_clamp=pl.log_ratio_clamp,
+            ref_logprob=shift("ref_logprobs") if use_kl_loss else None,
+            kl_coef=algo.kl.coef if use_kl_loss else 0.0, kl_estimator=algo.kl.estimator,
+            entropy_coef=algo.entropy_coef, temperature=temperature, tp_group=_tp_group(), vocab_size=vocab_size,
+            backend=backend,
+        )
+        return loss, metrics
+
+    return loss_fn
+
+
+def critic_loss_fn(algo: AlgorithmConfig, *, normalizer: torch.Tensor) -> Callable:
+    """PPO's clipped value loss; the critic's output at position t - 1 values the state before x_t."""
+
+    def loss_fn(output: torch.Tensor, mb: dict):
+        values = shift_values(output[..., 0])
+        loss, metrics = A.value_loss(values, mb["values"], mb["returns"], mb["response_mask"], clip=algo.value.clip,
+                                     agg=algo.loss_agg, normalizer=normalizer)
+        return algo.value.coef * loss, metrics
+
+    return loss_fn
+
+
+def shift_values(raw: torch.Tensor) -> torch.Tensor:
+    """Critic head output [b, S] -> values aligned with tokens: V(x_<t) at position t (0 at t = 0)."""
+    return torch.nn.functional.pad(raw[:, :-1], (1, 0))
+
+
+def mini_batch_normalizer(algo: AlgorithmConfig, response_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """The denominator of the whole mini-batch's loss (every rank holds the whole mini-batch)."""
+    return A.global_normalizer([response_mask[:, 1:]], algo.loss_agg, norm_len=max_new_tokens)
+
+
+def advantages_and_returns(algo: AlgorithmConfig, batch: dict, *, kl_coef: Optional[float]) -> tuple[dict, dict]:
+    """Token rewards (with the KL penalty when it is placed in the reward) -> advantages, returns."""
+    token_rewards, metrics = batch["token_rewards"], {}
+    if kl_coef is not None:  # PPO: r_t - beta * KL_t
+        token_rewards, batch_kl = A.kl_penalty_rewards(token_rewards, batch["old_logprobs"], batch["ref_logprobs"],
+                                                        batch["response_mask"], kl_coef, algo.kl.estimator)
+        metrics["actor/reward_kl"] = batch_kl.item()
+    adv, returns = A.ADVANTAGE_ESTIMATORS[algo.advantage](
+        token_rewards=token_rewards, response_mask=batch["response_mask"], values=batch.get("values"),
+        group_index=batch["group_index"], gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages,
+        norm_by_std=algo.norm_adv_by_std,
+    )
+    mask = batch["response_mask"]
+    metrics["actor/advantage_mean"] = A.masked_mean(adv, mask).item()
+    metrics["actor/advantage_abs_max"] = (adv.abs() * mask).max().item()
+    return {"advantages": adv, "returns": returns}, metrics
