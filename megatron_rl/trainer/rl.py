@@ -12,7 +12,6 @@ holds the whole step's batch (see trainer/batch.py) and trains its data-parallel
 """
 from __future__ import annotations
 
-import logging
 import signal
 import time
 from contextlib import contextmanager
@@ -30,9 +29,6 @@ from .batch import build_batch, data_parallel_shard, mini_batches, pad_rows, tri
 from .errors import from_rank0
 from .losses import actor_loss_fn, advantages_and_returns, critic_loss_fn, mini_batch_normalizer, shift_values
 from .rollout_phase import collect_rollouts
-
-log = logging.getLogger("megatron_rl.trainer")
-
 
 class RLTrainer:
     def __init__(self, cfg: RunConfig):
@@ -145,6 +141,8 @@ class RLTrainer:
         metrics.update(self._batch_metrics(batch, rollout))
         metrics.update({f"timing/{k}_s": v for k, v in times.items()})
         metrics["timing/step_s"] = sum(times.values())
+        if self.rank0 and self.sync_stats.get("bytes"):
+            metrics["sync/gbytes_per_s"] = self.sync_stats["bytes"] / 1e9 / max(self.sync_stats.get("seconds", 0.0), 1e-9)
         metrics["throughput/tokens_per_s"] = float(batch["lengths"].sum()) / max(metrics["timing/step_s"], 1e-9)
         return metrics
 
@@ -287,13 +285,14 @@ class RLTrainer:
         from .evaluate import evaluate
 
         metrics = evaluate(self.engine, self.eval_data, self.runner, self.tokenizer,
-                           greedy=self._sampling_params_local(self.cfg.rollout.eval_sampling),
+                           greedy=self._eval_params(self.cfg.rollout.eval_sampling),
                            sampling=self.sampling, pass_k=self.cfg.trainer.eval_pass_k,
                            full_marks=self.full_marks,
                            max_prompts=self.cfg.data.eval_max_prompts)
         self.tracker.log(step, metrics, kind="eval")
 
-    def _sampling_params_local(self, sampling_cfg) -> SamplingParams:
+    def _eval_params(self, sampling_cfg) -> SamplingParams:
+        """Eval sampling with the same stop tokens (EOS) as training; rank 0 only."""
         params = SamplingParams.from_config(sampling_cfg)
         stop = tuple(dict.fromkeys(params.stop_token_ids + self.sampling.stop_token_ids))
         return SamplingParams(**{**params.__dict__, "stop_token_ids": stop})
