@@ -62,7 +62,6 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 def _megatron_demo(args: argparse.Namespace) -> int:
     """SFT warm start, then GRPO, on the generated arithmetic task (configs/demo.yaml); each phase
     launches its ranks (cluster.gpus_per_node) itself. Running it again resumes where it stopped."""
-    import json
     import time
     from pathlib import Path
 
@@ -86,12 +85,15 @@ def _megatron_demo(args: argparse.Namespace) -> int:
     rc = main(["train", args.config, *overrides, f"model.hf_path={sft_hf}"])
     if rc:
         return rc
+    from megatron_rl.trainer.plot import summary
+
     out = Path(cfg.run.output_dir)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
     def first_last(key, kind):
-        values = [r[key] for r in rows if r.get("kind") == kind and r.get(key) is not None]
-        return (values[0], values[-1]) if values else (float("nan"), float("nan"))
+        try:
+            return summary(out / "metrics.jsonl", key, kind=kind)
+        except KeyError:  # e.g. no eval set
+            return float("nan"), float("nan")
 
     reward, accuracy = first_last("reward/mean", "train"), first_last("eval/accuracy", "eval")
     print(f"demo: train reward (sampled, T={cfg.rollout.sampling.temperature}) {reward[0]:.3f} -> {reward[1]:.3f}; "

@@ -12,15 +12,16 @@ import torch
 import torch.distributed as dist
 
 
+def select_rows(batch: dict, rows) -> dict:
+    """The given rows (index tensor or slice) of every [B, ...] tensor in `batch`; other values shared."""
+    size = batch["input_ids"].shape[0]
+    return {k: (v[rows] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == size else v) for k, v in batch.items()}
+
+
 def split_micro_batches(batch: dict, micro_batch_size: int) -> list[dict]:
     """Rows of every [B, ...] tensor in `batch` cut into micro-batches (other values shared)."""
     rows = batch["input_ids"].shape[0]
-    out = []
-    for start in range(0, rows, micro_batch_size):
-        mb = {k: (v[start:start + micro_batch_size] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows else v)
-              for k, v in batch.items()}
-        out.append(mb)
-    return out
+    return [select_rows(batch, slice(start, start + micro_batch_size)) for start in range(0, rows, micro_batch_size)]
 
 
 def _broadcast_from_last_stage(obj):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.forward import select_rows
 from ..rollout.types import Sample
 
 
@@ -40,12 +41,6 @@ def build_batch(samples: list[Sample], scores: list[float], *, pad_id: int = 0) 
         "response_lengths": torch.tensor([len(s.response_ids) for s in samples]),
         "group_index": torch.tensor([s.prompt_index for s in samples]),
     }
-
-
-def select_rows(batch: dict, rows: torch.Tensor | slice) -> dict:
-    """The given rows of every [B, ...] tensor in `batch`."""
-    size = batch["input_ids"].shape[0]
-    return {k: (v[rows] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == size else v) for k, v in batch.items()}
 
 
 def pad_rows(batch: dict, multiple: int) -> dict:

@@ -73,7 +73,7 @@ class RLTrainer:
         # rank 0: data, tokenizer, engine, rewards, metrics
         self.engine = self.tokenizer = self.sampler = self.runner = self.tracker = None
         self.train_data = self.eval_data = None
-        self.pad_id = from_rank0(self._setup_rank0)
+        self.pad_id, self.eos_id = from_rank0(self._setup_rank0)
         from ..rollout.factory import build_weight_sync
 
         self.sync = build_weight_sync(cfg.rollout, self.engine, output_dir=str(self.output_dir))
@@ -241,7 +241,7 @@ class RLTrainer:
             check_parity(self.actor, self.engine, probes, micro_batch_size=self.cfg.actor.micro_batch_size)
 
     # ================================================================== rank 0: data, evaluation, metrics
-    def _setup_rank0(self) -> int:
+    def _setup_rank0(self) -> tuple[int, int]:
         from ..data import PromptDataset, PromptSampler, load_tokenizer
         from ..rewards import build_reward_runner
         from ..rollout.factory import build_rollout_engine
@@ -260,16 +260,15 @@ class RLTrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.tracker_args = dict(total_steps=cfg.trainer.total_steps, run_name=cfg.run.name,
                                  config=cfg.model_dump(mode="json"), desc=cfg.algorithm.advantage)
-        return pad_id
+        return pad_id, self.tokenizer.eos_token_id
 
     def _draw_prompts(self, k: int) -> list:
         return [self.train_data[i] for i in self.sampler.next_indices(k)]
 
     def _sampling_params(self, sampling_cfg) -> SamplingParams:
         params = SamplingParams.from_config(sampling_cfg)
-        eos = from_rank0(lambda: self.tokenizer.eos_token_id)
-        if eos is not None and eos not in params.stop_token_ids:  # stop at EOS, as SGLang does
-            params = SamplingParams(**{**params.__dict__, "stop_token_ids": params.stop_token_ids + (eos,)})
+        if self.eos_id is not None and self.eos_id not in params.stop_token_ids:  # stop at EOS, as SGLang does
+            params = SamplingParams(**{**params.__dict__, "stop_token_ids": params.stop_token_ids + (self.eos_id,)})
         return params
 
     def _train_temperature(self) -> float:

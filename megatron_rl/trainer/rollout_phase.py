@@ -45,14 +45,13 @@ def collect_rollouts(engine, draw_prompts: Callable[[int], list], params: Sampli
     dropped: list[tuple[list[Sample], list[float], list[float]]] = []
     metrics: dict = {}
     rounds = 1 + (algo.dynamic_sampling.max_rounds if algo.dynamic_sampling.enabled else 0)
-    drawn = failed = 0
+    drawn = 0
     for _ in range(rounds):
         need = num_prompts - len(kept)
         items = draw_prompts(need)
         drawn += need
         batch = engine.generate([it.prompt_ids for it in items], params, n=n)
-        rewards, fails, reward_metrics = score_samples(batch.samples, items, runner, tokenizer)
-        failed += sum(fails)
+        rewards, _, reward_metrics = score_samples(batch.samples, items, runner, tokenizer)
         for k, v in reward_metrics.items():  # summed over rounds; means are recomputed below
             metrics[k] = metrics.get(k, 0.0) + v if k.endswith(("failed", "timeouts")) else v
         lengths = torch.tensor([len(s.response_ids) for s in batch.samples])
@@ -79,6 +78,5 @@ def collect_rollouts(engine, draw_prompts: Callable[[int], list], params: Sampli
         samples += group_samples
         scores += group_scores
         raw += group_rewards
-    metrics.update({"rollout/prompts_drawn": float(drawn), "rollout/uninformative_filled": float(filled),
-                    "reward/failed": float(failed)})
+    metrics.update({"rollout/prompts_drawn": float(drawn), "rollout/uninformative_filled": float(filled)})
     return RolloutResult(samples, scores, raw, metrics)
