@@ -82,10 +82,14 @@ def load_tokenizer(path: Optional[PathLike]):
     if not any((p / name).is_file() for name in TOKENIZER_FILES):
         raise DataError(f"tokenizer directory '{path}' holds none of {', '.join(TOKENIZER_FILES)}: point "
                         "model.hf_path at a local HF checkpoint directory with its tokenizer files")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    # A tokenizer_config naming the generic fast class means "tokenizer.json as it is". AutoTokenizer
+    # (transformers 5) ignores that when a config.json sits beside it and builds the model type's
+    # class instead (Qwen2Tokenizer re-derives its pre-tokenizer: a character tokenizer loses spaces).
+    loader = PreTrainedTokenizerFast if _tokenizer_class(p) in _GENERIC_FAST else AutoTokenizer
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        tokenizer = loader.from_pretrained(str(p), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; the user needs one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"cannot load a tokenizer from '{path}' ({type(exc).__name__}: {first}): "
@@ -93,6 +97,45 @@ def load_tokenizer(path: Optional[PathLike]):
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+_GENERIC_FAST = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def _tokenizer_class(directory: Path) -> Optional[str]:
+    try:
+        return json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def export_tokenizer(tokenizer, source: Optional[PathLike], out_dir: PathLike) -> None:
+    """Put the tokenizer beside an exported model in `out_dir`.
+
+    The files of the directory it was loaded from (`source`) are copied byte for byte, so what reads
+    the export (an SGLang server with its own transformers version, `load_tokenizer`) sees the
+    original files rather than this transformers version's re-serialisation of them. Without a
+    source directory, `save_pretrained`."""
+    import shutil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src = Path(source).expanduser() if source is not None else None
+    if src is not None and src.is_dir() and src.resolve() == out.resolve():
+        return  # exporting next to the tokenizer it came from
+    files = [f for f in src.iterdir() if f.is_file() and _is_tokenizer_file(f.name)] if src and src.is_dir() else []
+    if not files:
+        tokenizer.save_pretrained(str(out))
+        return
+    for f in files:
+        tmp = out / f".{f.name}.tmp"
+        shutil.copyfile(f, tmp)
+        os.replace(tmp, out / f.name)
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    return (name in TOKENIZER_FILES or name.startswith("tokenizer") or name in (
+        "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "merges.txt"))
 
 
 # --- reading rows -----------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def run_sft(cfg: RunConfig) -> dict:
 
     from .. import kernels
     from ..data import DataError, PromptDataset, PromptSampler, load_tokenizer
+    from ..data.prompts import export_tokenizer
     from ..models.forward import split_micro_batches
     from ..models.hf_io import save_hf
     from ..models.role import MegatronRole
@@ -94,7 +95,7 @@ def run_sft(cfg: RunConfig) -> dict:
     hf_dir = out_dir / "hf"
     save_hf(actor.chunks, str(hf_dir), cfg.model)
     if rank0:
-        tokenizer.save_pretrained(str(hf_dir))
+        export_tokenizer(tokenizer, cfg.data.tokenizer or cfg.model.hf_path, hf_dir)
         tracker.write(f"sft: exported {hf_dir} (load it with model.hf_path={hf_dir})")
         tracker.close()
     dist.barrier()

@@ -87,6 +87,23 @@ def test_auto_tokenizer_loads_it_offline(tok, tmp_path):
     assert auto.eos_token_id == 1 and auto.pad_token_id == 0
 
 
+def test_exported_tokenizer_beside_a_qwen2_config_tokenizes_the_same(tmp_path):
+    """An SFT / RM export puts the tokenizer next to a config.json of model_type qwen2; loading that
+    directory must give the ids of the source tokenizer (a save_pretrained copy loaded as
+    Qwen2Tokenizer and dropped every space and newline)."""
+    from megatron_rl.data.prompts import export_tokenizer
+
+    src, out = tmp_path / "tok", tmp_path / "export"
+    make_char_tokenizer(src)
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    export_tokenizer(load_tokenizer(src), src, out)
+    text = "Q: 12 3\nA: "
+    want = [CHARACTERS.index(c) + 3 for c in text]  # ids 3.. follow CHARACTERS
+    assert load_tokenizer(src)(text, add_special_tokens=False)["input_ids"] == want
+    assert load_tokenizer(out)(text, add_special_tokens=False)["input_ids"] == want
+
+
 def test_prepare_demo_data_is_idempotent(tmp_path):
     root = tmp_path / "demo"
     paths = prepare_demo_data(root, n_train=64, n_eval=16)
