@@ -59,14 +59,16 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 # --- demo -------------------------------------------------------------------------------------
 
 
-def _megatron_demo(args: argparse.Namespace) -> int:
-    """SFT warm start, then GRPO, on the generated arithmetic task (configs/demo.yaml); each phase
+def _demo(args: argparse.Namespace) -> int:
+    """SFT warm start, then GRPO, on the generated cipher task (configs/demo.yaml); each phase
     launches its ranks (cluster.gpus_per_node) itself. Running it again resumes where it stopped."""
     import time
     from pathlib import Path
 
     from megatron_rl.data.synthetic import prepare_demo_data
 
+    if args.config is not None and "=" in args.config and not os.path.exists(args.config):
+        args.overrides, args.config = [args.config, *args.overrides], None  # `demo key=value ...`
     if args.config is None:
         args.config = str(CONFIGS_DIR / "demo.yaml")
     overrides = list(args.overrides) + ([f"trainer.total_steps={args.steps}"] if args.steps else [])
@@ -102,35 +104,19 @@ def _megatron_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# The Megatron demo's task: addition of 0..19 + 0..19 (300 train / 100 held-out problems), small
-# enough that the 78k-parameter model's reward visibly moves within a few minutes of CPU GRPO.
-DEMO_TASK = {"max_value": 19, "n_train": 300, "n_eval": 100}
-
-
-def _demo(args: argparse.Namespace) -> int:
-    if args.config is not None and "=" in args.config and not os.path.exists(args.config):
-        args.overrides, args.config = [args.config, *args.overrides], None  # `demo key=value ...`
-    if args.megatron:
-        return _megatron_demo(args)
-    from megatron_rl import toy_grpo  # torch-heavy: imported only for this command
-
-    if args.config is None:
-        args.config = str(CONFIGS_DIR / "toy_grpo.yaml")
-    return toy_grpo.main(args.config, args.overrides, steps=args.steps, output_dir=args.output_dir, lr=args.lr)
+# The demo's task (megatron_rl.data.synthetic.make_cipher_dataset): 4-digit substitution cipher,
+# 2000 train / 200 held-out prompts.
+DEMO_TASK = {"task": "cipher", "length": 4, "n_train": 2000, "n_eval": 200}
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="a small GRPO run on CPU that learns (progress bar, metrics, plot)",
-                       description="Default: a toy GRU policy trained with the algorithm library "
-                                   "(configs/toy_grpo.yaml). --megatron: the full stack on 2 CPU ranks: "
-                                   "generated arithmetic data, SFT warm start of a tiny Megatron Qwen2, then "
-                                   "GRPO with the embedded engine (configs/demo.yaml).")
+    p = sub.add_parser("demo", help="the CPU demo: SFT then GRPO of a tiny Megatron model that learns (plot, metrics)",
+                       description="The full stack on 2 CPU ranks (configs/demo.yaml): generated cipher data and "
+                                   "character tokenizer, SFT warm start of a tiny Megatron Qwen2, then GRPO with the "
+                                   "embedded engine; prints the reward and eval accuracy at the start and the end.")
     p.add_argument("config", metavar="CONFIG", nargs="?", default=None)
     p.add_argument("overrides", metavar="key.path=value", nargs="*", help="overrides, applied last")
-    p.add_argument("--megatron", action="store_true", help="run the Megatron SFT -> GRPO demo")
     p.add_argument("--steps", type=_positive_int, default=None, help="override trainer.total_steps")
-    p.add_argument("--output-dir", default=None, help="toy demo: default run.output_dir")
-    p.add_argument("--lr", type=float, default=1e-3, help="toy demo: Adam learning rate of the toy policy")
     p.set_defaults(handler=_demo)
 
 
@@ -175,6 +161,59 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_convert)
 
 
+# --- plan -------------------------------------------------------------------------------------
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Layout and per-GPU memory of a config (pure arithmetic, docs/plan.md); exit 2 when it does not fit."""
+    from megatron_rl.config.plan import format_plan, plan, refusal
+
+    cfg = load_config(args.config, args.overrides, world_size=args.world_size)
+    result = plan(cfg, args.world_size)
+    print(format_plan(cfg, result))
+    problem = refusal(cfg, result, args.world_size)
+    if problem:
+        sys.stdout.flush()
+        raise ConfigError(problem)
+    print("fits")
+    return 0
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="show where every rank and engine runs and the memory each GPU needs",
+                       description="Load CONFIG, print the process layout (nodes, TP/PP/DP groups, SGLang GPUs) and "
+                                   "the busiest GPU's memory per role and phase. Exit 0 if it fits "
+                                   "cluster.gpu_memory_gb, 2 with one line naming the overflow and the knob if not.")
+    _add_config_arguments(p)
+    p.set_defaults(handler=_plan)
+
+
+# --- dry-run ----------------------------------------------------------------------------------
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """Megatron's process groups and the model's shard shapes for every rank of the config's world,
+    on a fake process group and the meta device, in this one process (docs/dryrun.md)."""
+    cfg = load_config(args.config, args.overrides, world_size=args.world_size)
+    from megatron_rl.parallel.dryrun import dry_run, format_report
+
+    print(format_report(dry_run(cfg, world_size=args.world_size, ranks=args.ranks)))
+    return 0
+
+
+def _add_dry_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dry-run", help="build a full-size layout's process groups and shard shapes without GPUs",
+                       description="For every rank of the world, join a fake process group, run Megatron's "
+                                   "initialize_model_parallel and build the actor (and critic) on the meta device; "
+                                   "check the groups against the layout and that the shards reassemble to the HF "
+                                   "shapes. Exit 0 if OK, 2 with one line at the first mismatch.")
+    _add_config_arguments(p)
+    p.add_argument("--ranks", default="auto", metavar="auto|all|R,R,...",
+                   help="auto (default): models on one rank per TP x PP coordinate, groups on every rank "
+                        "(up to 256 ranks); all: both on every rank; or a list such as 0,5,31")
+    p.set_defaults(handler=_dry_run)
+
+
 # --- train / sft ------------------------------------------------------------------------------
 
 
@@ -192,6 +231,10 @@ def _relaunch(args: argparse.Namespace, nproc: int) -> int:
     from torch.distributed.run import get_args_parser, run
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # megatron-core warns at import, once per module and rank, that TE/Apex are absent (expected on
+    # CPU, where the local layer spec and torch optimizers are the intended path)
+    quiet = "ignore:Transformer Engine and Apex are not installed:UserWarning"
+    os.environ["PYTHONWARNINGS"] = ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), quiet) if w)
     argv = ["--standalone", f"--nproc_per_node={nproc}", "-m", "megatron_rl.cli", args.command, args.config,
             *args.overrides]
     print(f"launching {nproc} ranks: torchrun {' '.join(argv)}", file=sys.stderr)
@@ -210,7 +253,7 @@ def _load_for_launch(args: argparse.Namespace):
 
 
 def _run_job(args: argparse.Namespace, job: str) -> int:
-    """`train` / `sft`: validate, re-launch under torchrun when one node needs several ranks, run."""
+    """`train` / `sft` / `rm`: validate, re-launch under torchrun when one node needs several ranks, run."""
     cfg = _load_for_launch(args)
     if not _under_torchrun() and cfg.cluster.world_size > 1:
         if cfg.cluster.nnodes > 1:
@@ -225,6 +268,10 @@ def _run_job(args: argparse.Namespace, job: str) -> int:
             from megatron_rl.trainer.sft import run_sft
 
             result = run_sft(cfg)
+        elif job == "rm":
+            from megatron_rl.trainer.reward_model import run_rm
+
+            result = run_rm(cfg)
         else:
             from megatron_rl.trainer.rl import RLTrainer
 
@@ -248,6 +295,10 @@ def _sft(args: argparse.Namespace) -> int:
     return _run_job(args, "sft")
 
 
+def _rm(args: argparse.Namespace) -> int:
+    return _run_job(args, "rm")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="RL training (PPO, GRPO, DAPO, GSPO, ...) from a run config",
                        description="Run the RL loop of CONFIG. Under torchrun each process is one rank; "
@@ -265,8 +316,19 @@ def _add_sft(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_sft)
 
 
+def _add_rm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rm", help="train a reward model on preference pairs (Bradley-Terry), exported to HF",
+                       description="Train the reward role on rm.train_path (prompt/chosen/rejected rows) with "
+                                   "-log sigmoid(r_chosen - r_rejected), evaluate on rm.eval_path and write an HF "
+                                   "*ForSequenceClassification checkpoint to rm.output_dir/hf "
+                                   "(docs/reward_model.md).")
+    _add_config_arguments(p)
+    p.set_defaults(handler=_rm)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_validate, _add_train, _add_sft, _add_demo,
-                                                                 _add_convert]
+                                                                 _add_convert, _add_dry_run, _add_rm,
+                                                                 _add_plan]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,6 +103,7 @@ class ModelConfig(Section):
 class ClusterConfig(Section):
     nnodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(1, ge=1)
+    gpu_memory_gb: float = Field(80.0, gt=0)  # per GPU, in GiB (an H100 80GB: 80); `megatron-rl plan` budgets it
 
     @property
     def world_size(self) -> int:
@@ -181,11 +182,37 @@ class ReferenceConfig(Section):
 
 
 class RewardSource(Section):
-    type: Literal["math", "format", "language", "python", "reward_model", "remote"]
+    type: Literal["math", "format", "language", "python", "reward_model", "remote", "code"]
     weight: float = 1.0
     path: Optional[str] = None  # `module:function` for python, checkpoint for reward_model, URL for remote
     pattern: Optional[str] = None  # format: regex the whole response must match; default: R1's think/answer layout
     language: Optional[str] = None  # language: target (en, zh, latin, cjk); default: the prompt's script
+    # reward_model: none (default) = raw scores; running = (score - running mean) / running std over
+    # every score seen so far (restarted when the model is retrained, rm.iterative)
+    normalize: Optional[Literal["none", "running"]] = None
+    # remote (docs/rewards.md): samples per POST, seconds per request, retries on connection errors / 5xx
+    batch_size: Optional[int] = Field(None, ge=1)  # default 32
+    request_timeout_s: Optional[float] = Field(None, gt=0)  # default 30
+    retries: Optional[int] = Field(None, ge=0, le=10)  # default 2
+    # code: per-run wall clock (the CPU limit is the same, rounded up) and address space of a program
+    time_limit_s: Optional[float] = Field(None, gt=0)  # default 5
+    memory_mb: Optional[int] = Field(None, ge=64)  # default 1024
+
+    # field -> the source types that read it
+    TYPE_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "batch_size": ("remote",), "request_timeout_s": ("remote",), "retries": ("remote",),
+        "time_limit_s": ("code",), "memory_mb": ("code",), "normalize": ("reward_model",),
+    }
+
+    @model_validator(mode="after")
+    def _fields_of_the_type(self):
+        for name, types in self.TYPE_FIELDS.items():
+            if getattr(self, name) is not None and self.type not in types:
+                raise ValueError(f"{name} applies to type {' / '.join(types)} only, not '{self.type}': remove it")
+        if self.type == "remote" and self.path and not str(self.path).startswith(("http://", "https://")):
+            raise ValueError(f"type 'remote' needs path: the reward server's http(s) URL, got {self.path!r} "
+                             "(e.g. http://localhost:8000/score)")
+        return self
 
     @model_validator(mode="after")
     def _path_when_needed(self):
@@ -462,6 +489,39 @@ class SFTConfig(Section):
     log_every: int = Field(10, ge=1)
 
 
+class IterativeRMConfig(Section):
+    """Iterative RL (DeepSeekMath 4.1.4): during RL, retrain the reward model on preference pairs
+    from the policy's own samples, then reset the reference to the policy. Off by default."""
+
+    enabled: bool = False
+    every: int = Field(50, ge=1)  # RL steps between retrains (pairs come from those steps' samples)
+    steps: int = Field(10, ge=1)  # reward-model optimizer steps per retrain, rm.batch_size pairs each
+    replay_fraction: float = Field(0.1, ge=0, lt=1)  # share of older pairs in a retrain's mix
+    buffer_size: int = Field(4096, ge=1)  # older pairs kept for replay (oldest dropped first)
+    reset_reference: bool = True  # reference := policy after each retrain
+
+
+class RMConfig(Section):
+    """Reward-model training (`megatron-rl rm`): Bradley-Terry on pairwise preferences with the
+    Megatron `reward` role, exported as an HF *ForSequenceClassification checkpoint that a
+    `reward_model` reward source loads. `iterative` retrains it inside an RL run."""
+
+    train_path: Optional[str] = None  # JSONL / Parquet rows with data.prompt_key, chosen_key, rejected_key
+    eval_path: Optional[str] = None  # held-out pairs: accuracy, loss, margin
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+    max_length: int = Field(2048, ge=2)  # tokens of prompt + response + EOS; longer pairs are dropped
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1)  # pairs per optimizer step (global)
+    micro_batch_size: int = Field(8, ge=1)  # pairs per forward on one DP rank (2x rows)
+    margin: float = 0.0  # loss = -log sigmoid(r_chosen - r_rejected - margin)
+    optim: OptimConfig = OptimConfig(lr=1e-5)
+    output_dir: str = "${run.output_dir}/rm"  # HF export: <output_dir>/hf
+    log_every: int = Field(10, ge=1)
+    eval_every: Optional[int] = Field(None, ge=1)  # also at the end whenever eval_path is set
+    iterative: IterativeRMConfig = IterativeRMConfig()
+
+
 class RunConfig(Section):
     run: RunSection = RunSection()
     model: ModelConfig
@@ -478,3 +538,19 @@ class RunConfig(Section):
     logging: LoggingConfig = LoggingConfig()
     trainer: TrainerConfig = TrainerConfig()
     sft: SFTConfig = SFTConfig()
+    rm: RMConfig = RMConfig()
+
+    @model_validator(mode="after")
+    def _reward_model_sources(self):
+        models = [i for i, s in enumerate(self.reward.sources) if s.type == "reward_model"]
+        if len(models) > 1:
+            raise ValueError(f"reward.sources[{models[1]}]: only one source of type reward_model is supported: "
+                             "remove the others")
+        if self.rm.iterative.enabled:
+            if not models:
+                raise ValueError("rm.iterative.enabled retrains a reward model: add a reward.sources entry of "
+                                 "type reward_model or set rm.iterative.enabled=false")
+            if not any(s.type != "reward_model" and s.weight > 0 for s in self.reward.sources):
+                raise ValueError("rm.iterative.enabled builds preference pairs from rule-based scores: add a "
+                                 "reward.sources entry that is not a reward_model (e.g. {type: math})")
+        return self

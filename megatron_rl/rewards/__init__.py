@@ -6,8 +6,9 @@
     runner.close()
 
 `REWARD_SOURCES` maps `reward.sources[i].type` to the source class; each class builds itself with
-`from_source(source, key)`. Types of the schema missing from it (`reward_model`, `remote`) are not
-built yet and fail at build time. See docs/rewards.md.
+`from_source(source, key)`. Types of the schema missing from it (NOT_SUPPORTED) are not built yet
+and fail at build time. `reward_model` is registered but scored by the trainer on its own ranks
+(`rewards/reward_model.py`, docs/reward_model.md), so the runner leaves it out. See docs/rewards.md.
 
 Imports stay light: math-verify is imported by the math source on its first use (in the workers).
 """
@@ -16,10 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 from .base import RewardFunction, RewardInput, RewardResult
+from .code_exec import CodeReward
 from .format import FormatReward
 from .language import LanguageReward
 from .math import MathReward
 from .python_fn import PythonFunctionReward
+from .remote import RemoteReward
+from .reward_model import NoWorkerRewards, RewardModelScorer
 from .runner import RewardRunner
 
 REWARD_SOURCES: dict[str, Any] = {
@@ -27,17 +31,22 @@ REWARD_SOURCES: dict[str, Any] = {
     "format": FormatReward,
     "language": LanguageReward,
     "python": PythonFunctionReward,
+    "remote": RemoteReward,  # batched: one POST per chunk of batch_size samples
+    "code": CodeReward,  # runs the response's program in a sandboxed subprocess
+    "reward_model": RewardModelScorer,  # scored on the trainer's ranks, not in the workers
 }
 
 # in the schema, not built yet (a later issue)
-NOT_SUPPORTED = ("reward_model", "remote")
+NOT_SUPPORTED: tuple[str, ...] = ()
 
 __all__ = [
     "REWARD_SOURCES",
+    "CodeReward",
     "FormatReward",
     "LanguageReward",
     "MathReward",
     "PythonFunctionReward",
+    "RemoteReward",
     "RewardFunction",
     "RewardInput",
     "RewardResult",
@@ -61,6 +70,8 @@ def build_reward_functions(cfg: Any, prefix: str = "reward") -> list[tuple[str, 
     for index, source in enumerate(cfg.sources):
         key = f"{prefix}.sources[{index}]"
         cls = REWARD_SOURCES.get(source.type)
+        if getattr(cls, "scored_by_trainer", False):
+            continue  # a reward model: the trainer scores it on its own ranks (rewards/reward_model.py)
         if cls is None:
             raise ConfigError(
                 f"{key}.type: '{source.type}' is not supported by the trainer yet: use "
@@ -78,4 +89,6 @@ def build_reward_runner(cfg: Any, prefix: str = "reward", **kwargs: Any) -> Rewa
     Call it on the rank that scores (global rank 0); `close()` it at the end of the run.
     """
     sources = build_reward_functions(cfg, prefix)
+    if not sources:  # only a reward model: nothing for the worker processes
+        return NoWorkerRewards()
     return RewardRunner(sources, timeout_s=cfg.timeout_s, workers=cfg.workers, **kwargs)

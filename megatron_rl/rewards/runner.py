@@ -22,6 +22,14 @@ A call that raises, times out or whose worker died scores 0 for that source and 
 failed; the batch always completes and one warning line summarises what failed. A worker that cannot
 start (its source cannot be rebuilt there) is a setup error: `score` raises `RuntimeError`.
 
+Batched sources: a source with `score_batch(inputs) -> list` (one score, or an Exception for a
+failed sample, per input) is called once per chunk of its `batch_size` samples instead of once per
+sample (the remote source sends one HTTP request per chunk). Each such call is one timed call: it
+timing out, raising, returning the wrong number of scores or losing its worker fails every sample
+of the chunk for that source (each counted in the metrics as a per-sample call would be). A source
+with a `call_timeout_s` attribute gets that timeout instead of `timeout_s` (the remote source's
+covers its own retries).
+
 The worker sets `SIGINT` to ignored (Ctrl-C is the trainer's to handle), and exits when its
 connection closes or its parent process goes away.
 """
@@ -75,6 +83,33 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
+def _run_batch(fn: Any, inputs: list, timeout_s: float) -> tuple[str, Any]:
+    """One `score_batch` call: ("ok", [(status, value) per input]) or (status, message) for all."""
+    name = getattr(fn, "name", "reward")
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout_s)
+            values = list(fn.score_batch(inputs))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except CallTimeout:
+        return "timeout", f"timed out after {timeout_s:g} s"
+    except BaseException as exc:  # noqa: BLE001
+        return "error", _one_line(exc)
+    if len(values) != len(inputs):
+        return "error", f"score_batch returned {len(values)} scores for {len(inputs)} samples"
+    out = []
+    for value in values:
+        if isinstance(value, BaseException):
+            out.append(("error", _one_line(value)))
+            continue
+        try:
+            out.append(("ok", as_score(value, name)))
+        except (TypeError, ValueError) as exc:
+            out.append(("error", _one_line(exc)))
+    return "ok", out
+
+
 def _run_call(fn: RewardFunction, inp: RewardInput, timeout_s: float) -> tuple[str, Any]:
     try:
         try:
@@ -97,7 +132,7 @@ def _worker_main(fd: int) -> None:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled": we time calls
     try:
-        _, sys_path, timeout_s, payload = conn.recv()
+        _, sys_path, timeouts, payload = conn.recv()
         for entry in reversed(sys_path):
             if entry not in sys.path:
                 sys.path.insert(0, entry)
@@ -118,10 +153,13 @@ def _worker_main(fd: int) -> None:
         if msg[0] != "run":
             return
         _, batch, tasks = msg
-        for i, js, inp in tasks:
+        for key, js, payload in tasks:  # key: a sample index, or a tuple of them for a batch call
             for j in js:
-                status, value = _run_call(sources[j], inp, timeout_s)
-                conn.send(("done", batch, i, j, status, value))
+                if isinstance(key, tuple):
+                    status, value = _run_batch(sources[j], payload, timeouts[j])
+                else:
+                    status, value = _run_call(sources[j], payload, timeouts[j])
+                conn.send(("done", batch, key, j, status, value))
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +202,17 @@ def _shutdown(workers: list) -> None:
     workers.clear()
 
 
+def _task_inputs(tasks: list) -> dict:
+    """sample index -> RewardInput over a chunk's tasks (per-sample and batch ones)."""
+    out = {}
+    for key, _, payload in tasks:
+        if isinstance(key, tuple):
+            out.update(zip(key, payload))
+        else:
+            out[key] = payload
+    return out
+
+
 _LIVE: "weakref.WeakSet[RewardRunner]" = weakref.WeakSet()
 
 
@@ -201,7 +250,11 @@ class RewardRunner:
         self.kill_grace_s = float(kill_grace_s)
         self.start_timeout_s = float(start_timeout_s)
         self.chunks_per_worker = int(chunks_per_worker)
-        self._payload = pickle.dumps([fn for _, _, fn in sources])
+        fns = [fn for _, _, fn in sources]
+        self._batched = [callable(getattr(fn, "score_batch", None)) for fn in fns]
+        self._batch_sizes = [max(1, int(getattr(fn, "batch_size", None) or 32)) for fn in fns]
+        self._timeouts = [float(getattr(fn, "call_timeout_s", None) or self.timeout_s) for fn in fns]
+        self._payload = pickle.dumps(fns)
         self._workers: list[_Worker] = []
         self._batch = 0
         self._closed = False
@@ -227,7 +280,7 @@ class RewardRunner:
         finally:
             child_sock.close()
         conn = Connection(parent_sock.detach())
-        conn.send(("init", list(sys.path), self.timeout_s, self._payload))
+        conn.send(("init", list(sys.path), self._timeouts, self._payload))
         return _Worker(proc=proc, conn=conn, started=time.monotonic())
 
     def _fill(self) -> None:
@@ -278,10 +331,27 @@ class RewardRunner:
             else:
                 messages[i][j] = str(value)
 
-        size = max(1, math.ceil(n / (self.num_workers * self.chunks_per_worker)))
+        def finish_call(key: Any, j: int, st: str, value: Any) -> None:
+            if not isinstance(key, tuple):
+                finish(key, j, st, value)
+            elif st == "ok":  # a batch call: one (status, value) per sample
+                for i, (st_i, value_i) in zip(key, value):
+                    finish(i, j, st_i, value_i)
+            else:
+                for i in key:
+                    finish(i, j, st, value)
+
+        # batch calls first (they mostly wait on a server), then per-sample chunks
         queue = collections.deque(
-            [(i, list(range(s)), inputs[i]) for i in range(lo, min(n, lo + size))] for lo in range(0, n, size)
+            [(tuple(range(lo, min(n, lo + self._batch_sizes[j]))), [j], list(inputs[lo:lo + self._batch_sizes[j]]))]
+            for j in range(s) if self._batched[j] for lo in range(0, n, self._batch_sizes[j])
         )
+        per_sample = [j for j in range(s) if not self._batched[j]]
+        if per_sample:
+            size = max(1, math.ceil(n / (self.num_workers * self.chunks_per_worker)))
+            queue.extend(
+                [(i, per_sample, inputs[i]) for i in range(lo, min(n, lo + size))] for lo in range(0, n, size)
+            )
         self._fill()
         clean = False
         try:
@@ -295,20 +365,21 @@ class RewardRunner:
                     try:
                         w.conn.send(("run", batch, tasks))
                     except (pickle.PicklingError, TypeError, AttributeError) as exc:
-                        for i, js, _ in tasks:
+                        for key, js, _ in tasks:
                             for j in js:
-                                finish(i, j, "error", f"cannot send the sample to a worker: {_one_line(exc)}")
+                                finish_call(key, j, "error", f"cannot send the sample to a worker: {_one_line(exc)}")
                         continue
                     except OSError:
                         queue.appendleft(tasks)
                         self._replace(w)
                         restarts += 1
                         continue
-                    w.calls.extend((i, j) for i, js, _ in tasks for j in js)
-                    w.inputs = {i: inp for i, _, inp in tasks}
+                    w.calls.extend((key, j) for key, js, _ in tasks for j in js)
+                    w.inputs = _task_inputs(tasks)
                     w.call_started = now
                 # wait for messages or the next deadline
-                deadlines = [w.call_started + self.timeout_s + self.kill_grace_s for w in self._workers if w.calls]
+                deadlines = [w.call_started + self._timeouts[w.calls[0][1]] + self.kill_grace_s
+                             for w in self._workers if w.calls]
                 deadlines += [w.started + self.start_timeout_s for w in self._workers if not w.ready]
                 wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
                 ready = wait([w.conn for w in self._workers], timeout=wait_s)
@@ -329,7 +400,7 @@ class RewardRunner:
                                 )
                             elif msg[0] == "done" and msg[1] == batch:
                                 _, _, i, j, st, value = msg
-                                finish(i, j, st, value)
+                                finish_call(i, j, st, value)
                                 if w.calls and w.calls[0] == (i, j):
                                     w.calls.popleft()
                                 w.call_started = now
@@ -337,15 +408,15 @@ class RewardRunner:
                         code = w.proc.wait()
                         if w.calls:
                             i, j = w.calls.popleft()
-                            finish(i, j, "error", f"the reward worker died (exit code {code}) during this call")
+                            finish_call(i, j, "error", f"the reward worker died (exit code {code}) during this call")
                         self._requeue(w, queue)
                         self._replace(w)
                         restarts += 1
                 # calls past their deadline: kill the worker, requeue the rest of its chunk
                 for w in list(self._workers):
-                    if w.calls and now > w.call_started + self.timeout_s + self.kill_grace_s:
+                    if w.calls and now > w.call_started + self._timeouts[w.calls[0][1]] + self.kill_grace_s:
                         i, j = w.calls.popleft()
-                        finish(i, j, "timeout", f"timed out after {self.timeout_s:g} s (worker killed)")
+                        finish_call(i, j, "timeout", f"timed out after {self._timeouts[j]:g} s (worker killed)")
                         self._requeue(w, queue)
                         self._replace(w)
                         restarts += 1
@@ -369,12 +440,16 @@ class RewardRunner:
 
     @staticmethod
     def _requeue(worker: _Worker, queue: collections.deque) -> None:
-        rest: dict[int, list[int]] = {}
-        for i, j in worker.calls:
-            rest.setdefault(i, []).append(j)
+        rest: dict[Any, list[int]] = {}
+        for key, j in worker.calls:
+            rest.setdefault(key, []).append(j)
         worker.calls.clear()
         if rest:
-            queue.appendleft([(i, js, worker.inputs[i]) for i, js in rest.items()])
+            inputs = worker.inputs
+            queue.appendleft([
+                (key, js, [inputs[i] for i in key] if isinstance(key, tuple) else inputs[key])
+                for key, js in rest.items()
+            ])
 
     def _result(self, values, status, messages, restarts: int, elapsed: float) -> RewardResult:
         n, names = len(values), self.names

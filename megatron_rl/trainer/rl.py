@@ -3,9 +3,9 @@
 One step, top-down (DESIGN.md's data flow):
 
     prompts -> rollout -> rewards (-> dynamic-sampling filter, overlong shaping)      rank 0
-    -> broadcast samples -> old / reference logprobs, values                          every rank
+    -> broadcast samples -> old / reference logprobs, values, reward-model scores     every rank
     -> advantages -> epochs x mini-batches of actor (and critic) updates
-    -> weight sync to the engine -> metrics -> checkpoint
+    -> weight sync to the engine -> (rm.iterative: retrain the reward model) -> metrics -> checkpoint
 
 Rank 0 owns the prompts, the rollout engine, the reward functions and the metrics; every rank
 holds the whole step's batch (see trainer/batch.py) and trains its data-parallel share of it.
@@ -24,10 +24,12 @@ import torch.distributed as dist
 from .. import algorithms as A
 from ..config import ConfigError
 from ..config.schema import RunConfig
+from ..rewards.reward_model import RewardModelScorer
 from ..rollout.types import SamplingParams
 from .batch import build_batch, data_parallel_shard, mini_batches, pad_rows, trim_columns
 from .errors import from_rank0
 from .losses import actor_loss_fn, advantages_and_returns, critic_loss_fn, mini_batch_normalizer, shift_values
+from .reward_model import IterativeRewardModel, check_batch_layout
 from .rollout_phase import collect_rollouts
 
 class RLTrainer:
@@ -43,7 +45,8 @@ class RLTrainer:
         self.dp, self.dp_rank, self.dp_group = (ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(),
                                                 ps.get_data_parallel_group())
         self.output_dir = Path(cfg.run.output_dir)
-        self.full_marks = sum(src.weight for src in cfg.reward.sources if src.weight > 0)  # "correct"
+        # "correct": full marks from the rule-based sources (a reward model's score has no maximum)
+        self.full_marks = sum(src.weight for src in cfg.reward.sources if src.weight > 0 and src.type != "reward_model")
         self.step = 0
         self.stop_requested = False
 
@@ -61,11 +64,17 @@ class RLTrainer:
             self.reference.copy_weights_from(self.actor)  # identical at the start, also without hf_path
         self.critic = None
         if cfg.critic.enabled and cfg.critic.init_from == "reward":
-            raise ConfigError("critic.init_from 'reward' is not supported yet (reward models come with the "
-                              "cluster issue): set critic.init_from=actor")
+            raise ConfigError("critic.init_from 'reward' is not supported yet: set critic.init_from=actor")
         if cfg.critic.enabled:
             self.critic = MegatronRole.build("critic", cfg.model, cfg.parallel, cfg.critic.optim,
                                              total_steps=total_updates, hf_path=hf)
+        # a reward_model source is scored on these ranks (rewards/reward_model.py); rm.iterative retrains it
+        iterative = cfg.rm.iterative
+        if iterative.enabled:
+            check_batch_layout(cfg.rm, self.dp)
+        self.reward_model = RewardModelScorer.from_config(
+            cfg, optim=cfg.rm.optim if iterative.enabled else None,
+            total_steps=max(1, cfg.trainer.total_steps // iterative.every * iterative.steps))
         self.kl_ctl = (A.AdaptiveKLController(algo.kl.coef, algo.kl.target, algo.kl.horizon)
                        if algo.kl.controller == "adaptive" else A.FixedKLController(algo.kl.coef))
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed)  # mini-batch order
@@ -74,6 +83,8 @@ class RLTrainer:
         self.engine = self.tokenizer = self.sampler = self.runner = self.tracker = None
         self.train_data = self.eval_data = None
         self.pad_id, self.eos_id = from_rank0(self._setup_rank0)
+        self.iterative_rm = (IterativeRewardModel(self.reward_model, cfg.rm, seed=cfg.run.seed + 1, pad_id=self.pad_id,
+                                                  dp_rank=self.dp_rank, dp=self.dp) if iterative.enabled else None)
         from ..rollout.factory import build_weight_sync
 
         self.sync = build_weight_sync(cfg.rollout, self.engine, output_dir=str(self.output_dir))
@@ -114,8 +125,9 @@ class RLTrainer:
             rollout = self._rollout()
         batch = build_batch(rollout.samples, rollout.scores, pad_id=self.pad_id)
         with _timed(times, "score"):
-            self._score(batch)
+            reward_model_metrics = self._score(batch)
         advantages, metrics = advantages_and_returns(algo, batch, kl_coef=self.kl_ctl.value if self.use_kl_reward else None)
+        metrics.update(reward_model_metrics)
         batch.update(advantages)
         if algo.mismatch.mode != "none":
             weights, keep, mismatch = A.mismatch_importance_weights(
@@ -134,6 +146,9 @@ class RLTrainer:
             self._sync_weights(step)
         if cfg.reference.reset_every and self.reference is not None and step % cfg.reference.reset_every == 0:
             self.reference.copy_weights_from(self.actor)  # R1: the reference follows the policy
+        if self.iterative_rm is not None:
+            with _timed(times, "reward_model"):
+                metrics.update(self._iterate_reward_model(batch, rollout.rewards, step))
         if self.use_kl_reward:
             self.kl_ctl.update(metrics.get("actor/reward_kl", 0.0), n_steps=len(rollout.samples))
             metrics["actor/kl_coef"] = self.kl_ctl.value
@@ -175,9 +190,10 @@ class RLTrainer:
         raise RuntimeError("rollout: servers kept restarting with stale weights; see the SGLang server logs")
 
     @torch.no_grad()
-    def _score(self, batch: dict) -> None:
-        """Old (pre-update) actor logprobs, reference logprobs and values for every row: each
-        data-parallel rank scores its share, then the shares are gathered."""
+    def _score(self, batch: dict) -> dict:
+        """Old (pre-update) actor logprobs, reference logprobs, values and reward-model scores for
+        every row: each data-parallel rank scores its share, then the shares are gathered. The reward
+        model's (weighted) score joins the rule-based one in `scores` and `token_rewards`."""
         rows, mbs = batch["input_ids"].shape[0], self.cfg.actor.micro_batch_size
         padded = pad_rows(batch, self.dp * mbs)  # equal micro-batches on every rank (pipeline shapes)
         shard = data_parallel_shard(padded, self.dp_rank, self.dp)
@@ -188,10 +204,20 @@ class RLTrainer:
         if self.critic is not None:
             raw = self.critic.score(shard, micro_batch_size=self.cfg.critic.micro_batch_size)["values"]
             scored["values"] = shift_values(raw) * shard["response_mask"]
+        if self.reward_model is not None:
+            scored["model_rewards"] = self.reward_model.score(shard, micro_batch_size=mbs)
         for key, local in scored.items():
             parts = [torch.empty_like(local) for _ in range(self.dp)]
             dist.all_gather(parts, local.contiguous(), group=self.dp_group)
             batch[key] = torch.cat(parts)[:rows].float()
+        if self.reward_model is None:
+            return {}
+        added, metrics = self.reward_model.transform(batch["model_rewards"])  # weight * (normalised) score
+        batch["model_rewards"] = added
+        batch["scores"] = batch["scores"] + added
+        answered = (batch["response_lengths"] > 0).nonzero()[:, 0]  # as build_batch: on the last response token
+        batch["token_rewards"][answered, batch["lengths"][answered] - 1] += added[answered]
+        return metrics
 
     def _update(self, batch: dict, step: int) -> dict:
         cfg, algo = self.cfg, self.cfg.algorithm
@@ -222,6 +248,22 @@ class RLTrainer:
         if metrics.get("actor/nonfinite_loss", 0) or metrics.get("critic/nonfinite_loss", 0):
             self._print(f"step {step}: non-finite loss in {int(metrics.get('actor/nonfinite_loss', 0))} actor / "
                         f"{int(metrics.get('critic/nonfinite_loss', 0))} critic updates; those updates were skipped")
+        return metrics
+
+    def _iterate_reward_model(self, batch: dict, rule_rewards: list[float], step: int) -> dict:
+        """Iterative RL (DeepSeekMath): every step's samples give preference pairs (rule-based score
+        decides); every `rm.iterative.every` steps the reward model is retrained on them (with replay)
+        and the reference is reset to the current policy."""
+        it = self.cfg.rm.iterative
+        self.iterative_rm.collect(batch, rule_rewards)
+        if step % it.every:
+            return {}
+        metrics = self.iterative_rm.retrain()
+        if not metrics["rm/pairs_fresh"]:
+            self._print(f"step {step}: no preference pairs (every group's rule-based scores tie); "
+                        "reward model not retrained")
+        elif it.reset_reference and self.reference is not None:
+            self.reference.copy_weights_from(self.actor)
         return metrics
 
     def _micro(self, mini_batch: dict, micro_batch_size: int) -> list[dict]:
@@ -299,11 +341,12 @@ class RLTrainer:
     def _batch_metrics(self, batch: dict, rollout) -> dict:
         from ..weight_sync.parity import rollout_train_gap
 
-        rewards = torch.tensor(rollout.rewards)
+        rule = torch.tensor(rollout.rewards)
+        rewards = rule + batch["model_rewards"] if "model_rewards" in batch else rule
         lengths = batch["response_lengths"].float()
         out = {
             "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
-            "reward/accuracy": (rewards >= self.full_marks - 1e-6).float().mean().item(),
+            "reward/accuracy": (rule >= self.full_marks - 1e-6).float().mean().item(),
             "score/mean": batch["scores"].mean().item(),
             "response/length_mean": lengths.mean().item(), "response/length_max": lengths.max().item(),
             "response/truncated_frac": sum(s.finish_reason == "length" for s in rollout.samples) / len(rollout.samples),
@@ -321,7 +364,12 @@ class RLTrainer:
                 state["engine_rng"] = self.engine.generator.get_state()
             return state
 
-        return {"kl": self.kl_ctl.state_dict(), "shuffle_rng": self.shuffle.get_state(), **from_rank0(rank0_state)}
+        state = {"kl": self.kl_ctl.state_dict(), "shuffle_rng": self.shuffle.get_state(), **from_rank0(rank0_state)}
+        if self.reward_model is not None:
+            state["reward_model"] = self.reward_model.state_dict()
+        if self.iterative_rm is not None:
+            state["iterative_rm"] = self.iterative_rm.state_dict()
+        return state
 
     def _roles(self) -> dict:
         roles = {"actor": self.actor}
@@ -329,6 +377,8 @@ class RLTrainer:
             roles["reference"] = self.reference
         if self.critic is not None:
             roles["critic"] = self.critic
+        if self.iterative_rm is not None:  # retrained in place: its weights and optimizer are run state
+            roles["reward"] = self.reward_model.role
         return roles
 
     def _save(self, step: int) -> None:
@@ -362,6 +412,10 @@ class RLTrainer:
             extra = resumed["extra"]
             self.kl_ctl.load_state_dict(extra["kl"])
             self.shuffle.set_state(extra["shuffle_rng"])
+            if self.reward_model is not None and "reward_model" in extra:
+                self.reward_model.load_state_dict(extra["reward_model"])
+            if self.iterative_rm is not None and "iterative_rm" in extra:
+                self.iterative_rm.load_state_dict(extra["iterative_rm"])
             if self.rank0:
                 self.sampler.load_state_dict(extra["sampler"])
                 if "engine_rng" in extra and hasattr(self.engine, "generator"):

@@ -93,7 +93,9 @@ def test_module_that_fails_on_import(tmp_path):
 
 
 def test_unsupported_types_and_empty_sources():
-    for kind in ("reward_model", "remote"):
+    from megatron_rl.rewards import NOT_SUPPORTED
+
+    for kind in NOT_SUPPORTED:  # empty once every schema type is built
         cfg = RewardConfig(sources=[RewardSource(type=kind, path="x")])
         with pytest.raises(ConfigError, match=rf"reward.sources\[0\].type: '{kind}' is not supported.*math, format"):
             build_reward_functions(cfg)
