@@ -181,17 +181,63 @@ def make_arithmetic_dataset(out_dir: PathLike, n_train: int = 4000, n_eval: int 
     return {k: str(v) for k, v in paths.items()}
 
 
+def cipher_key(seed: int = 0) -> dict[str, str]:
+    """The cipher task's substitution: a permutation of the ten digits drawn from `seed`."""
+    digits = list("0123456789")
+    random.Random(seed).shuffle(digits)
+    return dict(zip("0123456789", digits))
+
+
+def make_cipher_dataset(out_dir: PathLike, n_train: int = 2000, n_eval: int = 200, seed: int = 0,
+                        length: int = 4) -> dict:
+    """The digit-cipher task: a prompt is `length` random digits, the answer the same digits put
+    through a fixed substitution (`cipher_key(seed)`), e.g. "1169" -> "8826". Every answer position
+    uses the same two steps (read the aligned prompt digit, map it), so what the policy learns at one
+    position carries to the others: GRPO's sequence-level signal moves the whole answer, where a task
+    with one hard position (digit reversal's middle) stalls. Writes train/eval/sft.jsonl like
+    `make_arithmetic_dataset`; eval prompts never appear in train."""
+    if length < 1 or n_train < 1 or n_eval < 0 or n_train + n_eval > 10 ** length:
+        raise ValueError(f"n_train={n_train} + n_eval={n_eval} distinct prompts of {length} digits asked for, "
+                         f"there are {10 ** length}: lower them or raise length")
+    rng = random.Random(seed)
+    digits = list("0123456789")
+    rng.shuffle(digits)  # the same draw as cipher_key(seed), continued below for the prompts
+    key = dict(zip("0123456789", digits))
+    pool: set[str] = set()
+    while len(pool) < n_train + n_eval:
+        pool.add("".join(rng.choice("0123456789") for _ in range(length)))
+    prompts = sorted(pool)
+    rng.shuffle(prompts)
+
+    def row(prompt, with_response=False):
+        answer = "".join(key[c] for c in prompt)
+        return {"prompt": prompt, "answer": answer, **({"response": answer} if with_response else {})}
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, evals = prompts[:n_train], prompts[n_train:n_train + n_eval]
+    paths = {"train": out / "train.jsonl", "eval": out / "eval.jsonl", "sft": out / "sft.jsonl"}
+    _write_jsonl(paths["train"], (row(p) for p in train))
+    _write_jsonl(paths["eval"], (row(p) for p in evals))
+    _write_jsonl(paths["sft"], (row(p, with_response=True) for p in train))
+    return {k: str(v) for k, v in paths.items()}
+
+
 # --- both, idempotently -----------------------------------------------------------------------
 
 
 def prepare_demo_data(root: PathLike, n_train: int = 4000, n_eval: int = 256, seed: int = 0,
-                      max_value: int = 99, ops: Sequence[str] = ("+",)) -> dict:
-    """Make the demo's tokenizer (`root/tokenizer`) and task (`root/{train,eval,sft}.jsonl`) unless
-    `root` already holds a complete set made with the same arguments (a marker file, written last,
-    records them). Returns the paths: train, eval, sft, tokenizer, plus vocab_size."""
+                      max_value: int = 99, ops: Sequence[str] = ("+",), task: str = "arithmetic",
+                      length: int = 4) -> dict:
+    """Make the tokenizer (`root/tokenizer`) and a task (`root/{train,eval,sft}.jsonl`): `arithmetic`
+    (max_value, ops) or `cipher` (length), unless `root` already holds a complete set made with the
+    same arguments (a marker file, written last, records them). Returns the paths: train, eval, sft,
+    tokenizer, plus vocab_size."""
+    if task not in ("arithmetic", "cipher"):
+        raise ValueError(f"task must be 'arithmetic' or 'cipher', got {task!r}")
     root = Path(root)
-    params = {"n_train": n_train, "n_eval": n_eval, "seed": seed, "max_value": max_value,
-              "ops": list(ops), "vocab_size": VOCAB_SIZE, "format": 1}
+    params = {"n_train": n_train, "n_eval": n_eval, "seed": seed, "vocab_size": VOCAB_SIZE, "format": 1,
+              "task": task, **({"length": length} if task == "cipher" else {"max_value": max_value, "ops": list(ops)})}
     paths = {"train": root / "train.jsonl", "eval": root / "eval.jsonl", "sft": root / "sft.jsonl",
              "tokenizer": root / "tokenizer"}
     result = {k: str(v) for k, v in paths.items()}
@@ -205,7 +251,10 @@ def prepare_demo_data(root: PathLike, n_train: int = 4000, n_eval: int = 256, se
         marker.unlink(missing_ok=True)
     vocab = make_char_tokenizer(paths["tokenizer"])
     assert vocab == VOCAB_SIZE
-    make_arithmetic_dataset(root, n_train=n_train, n_eval=n_eval, seed=seed, max_value=max_value, ops=ops)
+    if task == "cipher":
+        make_cipher_dataset(root, n_train=n_train, n_eval=n_eval, seed=seed, length=length)
+    else:
+        make_arithmetic_dataset(root, n_train=n_train, n_eval=n_eval, seed=seed, max_value=max_value, ops=ops)
     _write_atomic(marker, json.dumps(params, sort_keys=True) + "\n")
     return result
 
@@ -244,3 +293,16 @@ def digit_credit(response: str, answer: Optional[str]) -> float:
         return 0.0
     agree = sum(a == b for a, b in zip(reversed(text), reversed(gold)))
     return agree / max(len(text), len(gold))
+
+
+def position_credit(response: str, answer: Optional[str]) -> float:
+    """Partial credit for the cipher task: the share of answer positions, aligned from the left,
+    that the response (before its EOS / newline) gets right, over the longer of the two. "8826" for
+    8826 scores 1, "8816" 0.75, "88" 0.5, "88261" 0.8."""
+    if answer is None:
+        raise ValueError("position_credit needs the answer (data.answer_key)")
+    text = response.split(EOS_TOKEN, 1)[0].split("\n", 1)[0].strip()
+    gold = str(answer).strip()
+    if not text and not gold:
+        return 1.0
+    return sum(a == b for a, b in zip(text, gold)) / max(len(text), len(gold))

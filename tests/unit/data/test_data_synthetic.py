@@ -161,3 +161,40 @@ def test_digit_credit():
     assert digit_credit("abc", "68") == 0.0 and digit_credit("", "68") == 0.0
     with pytest.raises(ValueError):
         digit_credit("68", None)
+
+
+def test_cipher_task(tmp_path):
+    from megatron_rl.data.synthetic import cipher_key, make_cipher_dataset
+
+    key = cipher_key(3)
+    assert sorted(key) == sorted(key.values()) == list("0123456789") and key != {d: d for d in key}
+    paths = make_cipher_dataset(tmp_path, n_train=300, n_eval=50, seed=3, length=4)
+    train, evals, sft = (read_jsonl(paths[k]) for k in ("train", "eval", "sft"))
+    assert len(train) == len(sft) == 300 and len(evals) == 50
+    for row in train + evals:  # every answer digit is its prompt digit through the key
+        assert re.fullmatch(r"\d{4}", row["prompt"]) and row["answer"] == "".join(key[c] for c in row["prompt"])
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
+    assert [r["response"] for r in sft] == [r["answer"] for r in train]
+    with pytest.raises(ValueError, match="distinct prompts"):
+        make_cipher_dataset(tmp_path, n_train=90, n_eval=20, length=2)  # only 100 prompts
+
+
+def test_prepare_demo_data_cipher_is_a_different_set(tmp_path):
+    arithmetic = prepare_demo_data(tmp_path, n_train=64, n_eval=16)
+    assert read_jsonl(arithmetic["eval"])[0]["prompt"].endswith("=")
+    cipher = prepare_demo_data(tmp_path, n_train=64, n_eval=16, task="cipher", length=4)
+    assert re.fullmatch(r"\d{4}", read_jsonl(cipher["eval"])[0]["prompt"])
+    with pytest.raises(ValueError, match="task must be"):
+        prepare_demo_data(tmp_path, task="sorting")
+
+
+def test_position_credit():
+    from megatron_rl.data.synthetic import position_credit
+
+    assert position_credit("8826<eos>", "8826") == 1.0
+    assert position_credit("8816", "8826") == 0.75
+    assert position_credit("88", "8826") == 0.5
+    assert position_credit("88261", "8826") == 0.8
+    assert position_credit("6288\n8826", "8826") == 0.0  # only the first line counts
+    with pytest.raises(ValueError):
+        position_credit("1", None)
