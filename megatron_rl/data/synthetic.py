@@ -134,6 +134,17 @@ def make_char_tokenizer(out_dir: PathLike) -> int:
     return len(tokenizer)
 
 
+def _write_splits(out_dir: PathLike, train: list, evals: list, row) -> dict:
+    """train.jsonl / eval.jsonl (`row(item)`) and sft.jsonl (`row(item, with_response=True)`)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"train": out / "train.jsonl", "eval": out / "eval.jsonl", "sft": out / "sft.jsonl"}
+    _write_jsonl(paths["train"], (row(p) for p in train))
+    _write_jsonl(paths["eval"], (row(p) for p in evals))
+    _write_jsonl(paths["sft"], (row(p, with_response=True) for p in train))
+    return {k: str(v) for k, v in paths.items()}
+
+
 # --- the task ---------------------------------------------------------------------------------
 
 
@@ -171,14 +182,7 @@ def make_arithmetic_dataset(out_dir: PathLike, n_train: int = 4000, n_eval: int 
             out["response"] = answer
         return out
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train, evals = pool[:n_train], pool[n_train:n_train + n_eval]
-    paths = {"train": out / "train.jsonl", "eval": out / "eval.jsonl", "sft": out / "sft.jsonl"}
-    _write_jsonl(paths["train"], (row(p) for p in train))
-    _write_jsonl(paths["eval"], (row(p) for p in evals))
-    _write_jsonl(paths["sft"], (row(p, with_response=True) for p in train))
-    return {k: str(v) for k, v in paths.items()}
+    return _write_splits(out_dir, pool[:n_train], pool[n_train:n_train + n_eval], row)
 
 
 def cipher_key(seed: int = 0) -> dict[str, str]:
@@ -213,14 +217,7 @@ def make_cipher_dataset(out_dir: PathLike, n_train: int = 2000, n_eval: int = 20
         answer = "".join(key[c] for c in prompt)
         return {"prompt": prompt, "answer": answer, **({"response": answer} if with_response else {})}
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train, evals = prompts[:n_train], prompts[n_train:n_train + n_eval]
-    paths = {"train": out / "train.jsonl", "eval": out / "eval.jsonl", "sft": out / "sft.jsonl"}
-    _write_jsonl(paths["train"], (row(p) for p in train))
-    _write_jsonl(paths["eval"], (row(p) for p in evals))
-    _write_jsonl(paths["sft"], (row(p, with_response=True) for p in train))
-    return {k: str(v) for k, v in paths.items()}
+    return _write_splits(out_dir, prompts[:n_train], prompts[n_train:n_train + n_eval], row)
 
 
 # --- both, idempotently -----------------------------------------------------------------------

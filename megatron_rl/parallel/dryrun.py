@@ -138,14 +138,9 @@ def _initialize_megatron(parallel: ParallelConfig) -> None:
     on a fake store, and they repeat the ranks of the DP groups checked here."""
     from megatron.core import parallel_state as ps
 
-    vpp = parallel.virtual_pipeline if (parallel.virtual_pipeline or 1) > 1 else None
-    ps.initialize_model_parallel(
-        tensor_model_parallel_size=parallel.tensor,
-        pipeline_model_parallel_size=parallel.pipeline,
-        virtual_pipeline_model_parallel_size=vpp,
-        context_parallel_size=parallel.context,
-        create_gloo_process_groups=False,
-    )
+    from .topology import model_parallel_sizes
+
+    ps.initialize_model_parallel(**model_parallel_sizes(parallel), create_gloo_process_groups=False)
 
 
 def _megatron_groups() -> tuple[dict[str, list[int]], dict[str, int]]:

@@ -49,13 +49,7 @@ def init_parallel(parallel: ParallelConfig, seed: int = 1234) -> None:
         )
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    vpp = parallel.virtual_pipeline if (parallel.virtual_pipeline or 1) > 1 else None
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=parallel.tensor,
-        pipeline_model_parallel_size=parallel.pipeline,
-        virtual_pipeline_model_parallel_size=vpp,
-        context_parallel_size=parallel.context,
-    )
+    parallel_state.initialize_model_parallel(**model_parallel_sizes(parallel))
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
@@ -73,3 +67,11 @@ def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def model_parallel_sizes(parallel: ParallelConfig) -> dict:
+    """The sizes `parallel_state.initialize_model_parallel` takes, from the config (also used by the
+    dry run, which must build the same groups)."""
+    vpp = parallel.virtual_pipeline if (parallel.virtual_pipeline or 1) > 1 else None
+    return {"tensor_model_parallel_size": parallel.tensor, "pipeline_model_parallel_size": parallel.pipeline,
+            "virtual_pipeline_model_parallel_size": vpp, "context_parallel_size": parallel.context}

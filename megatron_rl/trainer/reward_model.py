@@ -177,14 +177,16 @@ def evaluate_pairs(role, pairs: list[Pair], rm_cfg, pad_id: int) -> tuple[dict, 
     return metrics, chosen, rejected
 
 
-def export_reward_model(role, out_dir: str, model, tokenizer) -> None:
-    """HF *ForSequenceClassification + tokenizer; collective. config.json gets the tokenizer's pad id,
-    which transformers needs to find each row's last token in a padded batch."""
+def export_reward_model(role, out_dir: str, model, tokenizer, tokenizer_source=None) -> None:
+    """HF *ForSequenceClassification + tokenizer (the files of `tokenizer_source`, copied); collective.
+    config.json gets the tokenizer's pad id, which transformers needs to find each row's last token in
+    a padded batch."""
+    from ..data.prompts import export_tokenizer
     from ..models.hf_io import save_hf
 
     save_hf(role.chunks, out_dir, model, role="reward")
     if dist.get_rank() == 0:
-        tokenizer.save_pretrained(out_dir)
+        export_tokenizer(tokenizer, tokenizer_source, out_dir)
         config_json = Path(out_dir) / "config.json"
         config = json.loads(config_json.read_text())
         config.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -248,7 +250,7 @@ def run_rm(cfg: RunConfig) -> dict:
             (out_dir / "eval_scores.jsonl").write_text("".join(
                 json.dumps({"chosen": c, "rejected": j}) + "\n" for c, j in zip(chosen.tolist(), rejected.tolist())))
     hf_dir = out_dir / "hf"
-    export_reward_model(role, str(hf_dir), cfg.model, tokenizer)
+    export_reward_model(role, str(hf_dir), cfg.model, tokenizer, cfg.data.tokenizer or cfg.model.hf_path)
     if rank0:
         tracker.write(f"rm: exported {hf_dir} (use it as reward.sources: [{{type: reward_model, path: {hf_dir}}}])")
         tracker.close()
