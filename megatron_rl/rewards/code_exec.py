@@ -18,11 +18,13 @@ trailing blank lines. Asserts: one run; the program is executed as a module (`__
 namespace; a block passes when it does not raise. Call-based tests (`fn_name`) are not supported:
 write them as asserts.
 
-Score: the share of tests passed, in [0, 1]. A run that hits the wall-clock or CPU limit, or is
-killed, ends the sample's judging (the remaining stdin tests count as failed), so one looping
-program costs one `time_limit_s`, not one per test. A wrong, crashing, looping or misbehaving program
-(network, memory, forks) is a score, not a failure; the sample *fails* (runner: failed, with the
-message) only when it has no usable tests (a data problem) or the sandbox itself cannot run.
+Score: the share of tests passed, in [0, 1]; a wrong or crashing program scores what it passed.
+The sample *fails* (runner: failed, scored 0, counted in reward/failed and reward/code_failed, the
+reason as its error line) when the sandbox had to stop the program: it hit the wall-clock or CPU
+limit or was killed (a runaway; this ends the judging, so one looping program costs one
+`time_limit_s`, not one per test), or it tried something a layer blocks (network, writing outside
+its directory, ...). It also fails when it has no usable tests (a data problem) or the sandbox
+itself cannot run.
 
 `reward.timeout_s` bounds a whole sample (all its runs): raise it above tests x time_limit_s for
 long test lists. Programs run in `sandbox.run` subprocesses of the reward worker, never in the
@@ -138,12 +140,22 @@ class CodeReward:
         kind, tests = parse_tests(raw)
         program = extract_program(inp.response)
         if kind == "asserts":
-            return sum(run(program, asserts=tests, limits=self.limits).verdicts) / len(tests)
+            result = _stopped(run(program, asserts=tests, limits=self.limits))
+            return sum(result.verdicts) / len(tests)
         passed = 0
         for stdin, expected in tests:
-            result = run(program, stdin=stdin, limits=self.limits)
-            if result.status == "ok" and same_output(result.stdout, expected):
-                passed += 1
-            elif result.status in ("timeout", "killed"):
-                break
+            result = _stopped(run(program, stdin=stdin, limits=self.limits))
+            passed += result.status == "ok" and same_output(result.stdout, expected)
         return passed / len(tests)
+
+
+class SandboxStopped(RuntimeError):
+    """The sandbox stopped the program (limit, kill, blocked operation): the sample is failed."""
+
+
+def _stopped(result):
+    """`result`, or SandboxStopped when the sandbox had to stop the program: a runaway or a blocked
+    operation is reported as a failed sample, not scored as a merely wrong answer."""
+    if result.status in ("timeout", "killed") or "sandbox: " in result.reason:
+        raise SandboxStopped(f"program {result.status}: {result.reason}")
+    return result

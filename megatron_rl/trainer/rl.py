@@ -277,6 +277,10 @@ class RLTrainer:
         from ..weight_sync.parity import check_parity
 
         version = self.step if version is None else version
+        if self.cfg.rollout.placement == "colocated" and torch.cuda.is_available():
+            # the caching allocator still holds the update's activations: give them back to the
+            # driver, or a colocated engine resuming its weights and KV cache finds the GPU full
+            torch.cuda.empty_cache()
         self.sync_stats = self.sync.sync(self.actor, version=version)
         if self.cfg.rollout.check_parity:
             probes = [self.train_data[i].prompt_ids for i in range(min(2, len(self.train_data)))] if self.rank0 else None

@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import re
 import select
 import socket
 import sys
@@ -19,7 +20,7 @@ import pytest
 
 from megatron_rl.config.schema import RewardConfig, RewardSource
 from megatron_rl.rewards import CodeReward, RewardInput, build_reward_runner
-from megatron_rl.rewards.code_exec import extract_program, parse_tests, same_output
+from megatron_rl.rewards.code_exec import SandboxStopped, extract_program, parse_tests, same_output
 from megatron_rl.rewards.sandbox import STARTUP_S, Limits, probe, run
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
@@ -99,22 +100,31 @@ def test_code_reward_through_build_reward_runner():
     inputs = [
         _sample(f"```python\n{ADD}```"),
         _sample("```python\nprint(0)\n```"),
-        _sample("```python\nwhile True: pass\n```"),  # a looping program scores 0; the reward did not fail
+        _sample("```python\nwhile True: pass\n```"),  # a runaway: stopped by the sandbox, a failed sample
         _sample(f"```python\n{ADD}```", tests=None),  # no tests: a data problem, the sample fails
     ]
     with build_reward_runner(cfg) as runner:
         res = runner.score(inputs)
     assert res.source_scores["code"] == [1.0, 0.25, 0.0, 0.0]
-    assert res.failed == [False, False, False, True]
+    assert res.failed == [False, False, True, True]
+    assert re.match(r"code: SandboxStopped: program (killed|timeout): ", res.errors[2]), res.errors[2]
     assert res.errors[3].startswith("code: ValueError: code reward needs tests")
-    assert res.metrics["reward/failed"] == 1
+    assert res.metrics["reward/failed"] == 2 and res.metrics["reward/code_failed"] == 2
 
 
 def test_one_timed_out_test_ends_the_judging():
     reward = CodeReward(time_limit_s=0.5)
     t0 = time.monotonic()
-    assert reward(_sample("import time\ntime.sleep(30)")) == 0.0
+    with pytest.raises(SandboxStopped, match="program timeout: wall-clock limit of 0.5 s"):
+        reward(_sample("import time\ntime.sleep(30)"))
     assert time.monotonic() - t0 < 0.5 + STARTUP_S + 1.5  # one run's limit, not four
+
+
+def test_a_network_attempt_fails_the_sample(listener):
+    program = _connect_program(listener.getsockname()[1])
+    with pytest.raises(SandboxStopped, match="sandbox: network access is blocked"):
+        CodeReward(time_limit_s=3)(_sample(f"```python\n{program}```"))
+    assert not _connected(listener)
 
 
 def test_the_runner_timeout_kills_the_sandbox_and_removes_its_dir():
