@@ -11,6 +11,9 @@ from trainer_runs import explain, metrics, run_train, write_config
 DENSE_REWARD = (f"reward:\n  sources:\n    - {{type: python, path: "
                 f"'{Path(__file__).with_name('trainer_reward_fns.py')}:count_sevens'}}\n")
 
+# all-or-nothing: an untrained model never earns it, so every DAPO group is uninformative
+EXACT_REWARD = "reward:\n  sources:\n    - {type: python, path: 'megatron_rl.data.synthetic:reward_exact_match'}\n"
+
 
 def _finite(rows, *keys):
     for r in rows:
@@ -44,7 +47,7 @@ def test_grpo_first_update_is_on_policy(tmp_path):
     ("drgrpo", []), ("rloo", []), ("reinforce_pp", []), ("reinforce_pp_baseline", []),
 ], ids=["ppo-critic-pp2", "dapo", "gspo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"])
 def test_preset_trains(tmp_path, preset, overrides):
-    cfg = write_config(tmp_path, preset, extra_yaml="" if preset == "dapo" else DENSE_REWARD)
+    cfg = write_config(tmp_path, preset, extra_yaml=EXACT_REWARD if preset == "dapo" else DENSE_REWARD)
     result = run_train(cfg, "trainer.total_steps=2", *overrides)
     assert result.returncode == 0, explain(result)
     rows = metrics(tmp_path)
