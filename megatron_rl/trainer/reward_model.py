@@ -211,7 +211,7 @@ def run_rm(cfg: RunConfig) -> dict:
     init_parallel(cfg.parallel, seed=cfg.run.seed)
     rank0, dp, dp_rank = dist.get_rank() == 0, ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     tokenizer = load_tokenizer(cfg.data.tokenizer or cfg.model.hf_path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id  # load_tokenizer made EOS the pad when there was none
     train = load_pairs(r.train_path, tokenizer, cfg.data, r, "rm.train_path")
     held_out = load_pairs(r.eval_path, tokenizer, cfg.data, r, "rm.eval_path") if r.eval_path else None
     sampler = PromptSampler(len(train), shuffle=True, seed=cfg.run.seed)  # the same order on every rank

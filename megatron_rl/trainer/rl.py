@@ -299,7 +299,7 @@ class RLTrainer:
             self.eval_data = PromptDataset.from_config(cfg.data, self.tokenizer, split="eval")
         self.sampler = PromptSampler(len(self.train_data), shuffle=cfg.data.shuffle, seed=cfg.run.seed)
         self.runner = build_reward_runner(cfg.reward)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        pad_id = self.tokenizer.pad_token_id  # load_tokenizer made EOS the pad when there was none
         self.engine = build_rollout_engine(cfg.rollout, cfg.model, rank=0, hf_path=cfg.model.hf_path,
                                            seed=cfg.run.seed, output_dir=str(self.output_dir),
                                            decode=self.tokenizer.decode, pad_token_id=pad_id)

@@ -62,7 +62,7 @@ def run_sft(cfg: RunConfig) -> dict:
     data_cfg = cfg.data.model_copy(update={"train_path": s.train_path})
     dataset = PromptDataset.from_config(data_cfg, tokenizer, split="train")
     sampler = PromptSampler(len(dataset), shuffle=True, seed=cfg.run.seed)  # the same order on every rank
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id  # load_tokenizer made EOS the pad when there was none
     actor = MegatronRole.build("actor", cfg.model, cfg.parallel, s.optim, total_steps=s.steps,
                                hf_path=cfg.model.hf_path, recompute=cfg.actor.recompute)
     tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
