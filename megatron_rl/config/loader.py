@@ -2,8 +2,9 @@
 
     load_config(path, overrides=(), world_size=None) -> RunConfig
 
-1. read the YAML file; its top-level `include: [file, ...]` presets are composed first, in order,
-   each one resolved next to the including file, else under the repository's configs/; later
+1. read the YAML file (a path that does not exist here but names a shipped preset, `demo.yaml` or
+   `configs/demo.yaml`, is that preset); its top-level `include: [file, ...]` presets are composed
+   first, in order, each one resolved next to the including file, else among the presets; later
    includes win over earlier ones and the file's own keys win over all of them (nested includes
    work; a cycle or a missing file is an error)
 2. lay the result over the schema defaults, merge the `key.path=value` overrides last (values are
@@ -16,6 +17,7 @@ Every user mistake ends in a ConfigError with one line naming the key (or the fi
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tempfile
@@ -35,7 +37,19 @@ from .hf import fill_model_from_hf
 from .layout import RankLayout
 from .schema import RunConfig
 
-CONFIGS_DIR = Path(megatron_rl.__file__).resolve().parents[1] / "configs"
+
+def _presets_dir() -> Path:
+    """The shipped presets (the repository's configs/): package data `megatron_rl/configs` in an
+    installed wheel, the checkout's configs/ in an editable install (setuptools maps the name), and
+    the folder next to the package when it runs from a checkout that is not installed."""
+    spec = importlib.util.find_spec("megatron_rl.configs")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location).resolve()
+    return Path(megatron_rl.__file__).resolve().parents[1] / "configs"
+
+
+CONFIGS_DIR = _presets_dir()
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -108,6 +122,18 @@ def read_yaml(path: Path) -> dict:
 
 
 # --- includes ---------------------------------------------------------------------------------
+
+
+def resolve_config_path(path: PathLike) -> Path:
+    """`path` itself when it exists (or is absolute), else the shipped preset it names: `demo.yaml`
+    and `configs/demo.yaml` both mean CONFIGS_DIR/demo.yaml, so the README's commands work from any
+    directory with an installed package."""
+    given = Path(path).expanduser()
+    if given.exists() or given.is_absolute():
+        return given
+    parts = given.parts[1:] if given.parts[:1] == ("configs",) else given.parts
+    preset = CONFIGS_DIR.joinpath(*parts) if parts else None
+    return preset if preset is not None and preset.is_file() else given
 
 
 def _find_include(name: str, including: Path) -> Path:
@@ -250,7 +276,7 @@ def load_config(path: PathLike, overrides: Sequence[str] = (), world_size: Optio
     if world_size is not None and (not isinstance(world_size, int) or world_size < 1):
         raise ConfigError(f"world size {world_size!r}: must be a positive integer")
     # overrides go over the defaults too, so `reward.sources.0.weight=2` finds the default list
-    cfg = apply_overrides(with_defaults(compose(path)), overrides)
+    cfg = apply_overrides(with_defaults(compose(resolve_config_path(path))), overrides)
     return build_config(cfg, world_size)
 
 
@@ -328,6 +354,6 @@ def layout_summary(cfg: RunConfig, world_size: Optional[int] = None) -> str:
 
 
 __all__ = [
-    "CONFIGS_DIR", "ConfigError", "apply_overrides", "build_config", "compose", "dotted",
+    "CONFIGS_DIR", "ConfigError", "apply_overrides", "build_config", "compose", "dotted", "resolve_config_path",
     "layout_summary", "load_config", "read_yaml", "resolved_yaml", "save_resolved",
 ]
