@@ -72,8 +72,10 @@ RUN MAX_JOBS=${MAX_JOBS} python3 -m pip install --no-build-isolation -c /opt/ima
 RUN python3 -c "import sglang_router" 2>/dev/null \
  || echo "warning: the base image has no sglang_router: --router / rollout.sglang.router need pip install sglang-router"
 
-# This project, editable (configs/ is found next to the package) with the training stack, what the
-# SGLang client imports, and pytest for tests/gpu; nothing already pinned above moves.
+# This project, editable, with the training stack, what the SGLang client imports, and pytest for
+# tests/gpu; nothing already pinned above moves. The CPU lock (launch/requirements-cpu.lock) takes
+# sglang 0.5.23's own pins (transformers, tokenizers, kernels, ...), so where the two environments
+# share a library they agree; the image keeps its CUDA torch.
 WORKDIR /opt/megatron-rl
 COPY setup.py README.md ./
 COPY megatron_rl ./megatron_rl

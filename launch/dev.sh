@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
 # The README's two commands:  launch/dev.sh demo   |   launch/dev.sh test [pytest args]
-# Creates (or reuses) a virtual environment in .venv, installs the project with its CPU pins when
-# setup.py or the pins changed, then runs the main job or the test suite.
+# Creates (or reuses) a virtual environment in .venv and makes it exactly the lock
+# (launch/requirements-cpu.lock: every distribution at its exact version, made by launch/lock.sh),
+# with megatron-rl installed editable, whenever setup.py or the lock changed; then runs the main
+# job or the test suite.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 venv=${MEGATRON_RL_VENV:-$root/.venv}
 python=${PYTHON:-python3}
+lock=launch/requirements-cpu.lock
 
-"$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-  || { echo "error: $python is $("$python" -V 2>&1); megatron-rl needs Python >= 3.10 (set PYTHON=...)" >&2; exit 2; }
+# The lock holds binary wheels for one Python minor version (its header names it).
+lock_python=$(sed -n 's/^# .* Python \([0-9.]*\), .*/\1/p' "$lock")
+have_python=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
+  || { echo "error: no Python at '$python': set PYTHON=python$lock_python" >&2; exit 2; }
+[ "$have_python" = "$lock_python" ] \
+  || { echo "error: $lock is for Python $lock_python, $python is $have_python: set PYTHON=python$lock_python, or make a lock for this Python with bash launch/lock.sh" >&2; exit 2; }
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 
 stamp="$venv/.megatron-rl-install"
-want=$(cat setup.py launch/constraints-cpu.txt | sha256sum | cut -d' ' -f1)
+want=$(cat setup.py "$lock" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setting up $venv (log: $venv/install.log) ..."
+  echo "setting up $venv from $lock (log: $venv/install.log) ..."
   log="$venv/install.log"
   {
-    # torch first, from its pin, so nothing later can pull a CUDA build.
-    "$venv/bin/pip" install -c launch/constraints-cpu.txt torch &&
-    "$venv/bin/pip" install -c launch/constraints-cpu.txt -e ".[train,test,sglang-client]" &&
-    # sglang's client-side pieces only (see setup.py): its full install would replace torch
-    "$venv/bin/pip" install --no-deps -c launch/constraints-cpu.txt sglang
+    # exact versions and no resolver: the lock was resolved once, by launch/lock.sh
+    "$venv/bin/python" -m pip install --no-deps -r "$lock" &&
+    # a distribution the lock does not name goes (an older lock's, or one installed by hand)
+    extra=$("$venv/bin/python" launch/unlocked.py "$lock") &&
+    { [ -z "$extra" ] || "$venv/bin/python" -m pip uninstall -y $extra; } &&
+    # the project itself, editable, built by the locked setuptools
+    "$venv/bin/python" -m pip install --no-deps --no-build-isolation -e .
   } >"$log" 2>&1 || { tail -n 30 "$log" >&2; echo "error: installing megatron-rl failed; see $log" >&2; exit 1; }
   echo "$want" >"$stamp"
 fi
@@ -31,6 +40,10 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
   demo) exec "$venv/bin/megatron-rl" demo "$@" ;;
-  test) exec "$venv/bin/python" -m pytest tests "$@" ;;
+  test)  # pytest's arguments; the whole suite unless they name test files or folders
+    for arg in "$@"; do
+      if [[ "$arg" != -* && -e "${arg%%::*}" ]]; then exec "$venv/bin/python" -m pytest "$@"; fi
+    done
+    exec "$venv/bin/python" -m pytest tests "$@" ;;
   *) echo "usage: launch/dev.sh demo|test [args]" >&2; exit 2 ;;
 esac
