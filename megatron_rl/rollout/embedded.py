@@ -9,6 +9,7 @@ Weights arrive as full HF-named tensors through `update_weights`, the same strea
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -30,6 +31,14 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def cache_argument(model) -> str:
+    """The name the model's forward gives its KV cache: `cache` in current transformers, which still
+    accepts `past_key_values` with a deprecation warning (it is to be removed); `past_key_values`
+    in the releases before the rename (5.19, which the lock and SGLang 0.5.23 pin). The output
+    field carries the same name."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class EmbeddedEngine:
@@ -110,8 +119,9 @@ class EmbeddedEngine:
             ids[r, longest - len(prompt):] = torch.tensor(prompt, device=self.device)
             mask[r, longest - len(prompt):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = cache_argument(self.model)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=DynamicCache(config=self.model.config), use_cache=True)
+                         **{cache: DynamicCache(config=self.model.config)}, use_cache=True)
         next_pos = positions[:, -1:] + 1
 
         greedy = params.temperature == 0
@@ -141,7 +151,7 @@ class EmbeddedEngine:
                 break
             mask = torch.cat([mask, mask.new_ones(n, 1)], 1)
             out = self.model(input_ids=choice[:, None], attention_mask=mask, position_ids=next_pos,
-                             past_key_values=out.past_key_values, use_cache=True)
+                             **{cache: getattr(out, cache)}, use_cache=True)
             next_pos = next_pos + 1
         return [
             Sample(prompt_ids=list(prompt), response_ids=tokens[r], logprobs=logprobs[r],
