@@ -37,7 +37,9 @@ setup(
     extras_require={
         # Training stack; installed by the dev environment and the Docker image.
         # psutil: megatron-core's distributed-checkpoint writer needs it and does not declare it
-        "train": ["megatron-core>=0.16.1", "transformers>=4.51", "safetensors", "triton", "psutil",
+        # transformers: 5.19 is the lock's (and SGLang 0.5.23's) release, 5.25 the newest one tested
+        # (tests/integration/test_transformers_newest.py); older releases are not tested here.
+        "train": ["megatron-core>=0.16.1", "transformers>=5.19", "safetensors", "triton", "psutil",
                   # prompts from JSONL / Parquet, and rule-based math answer checking
                   "datasets>=3", "math-verify>=0.8"],
         # kernels: the Hugging Face kernel hub package (SGLang's server requires it); the packaging
