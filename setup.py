@@ -5,7 +5,7 @@ checkout:
 - kernels/ (fixed by the product layout) holds the package `megatron_rl.kernels` in
   kernels/megatron_rl_kernels/. kernels/ itself has no __init__.py: with the repository root on
   sys.path (python -m, torchrun -m, pytest) `import kernels` must find the Hugging Face kernel hub
-  distribution of that name, never our folder (tests/unit/test_packaging.py).
+  distribution of that name, never our folder (tests/unit/test_import_hygiene.py).
 - configs/ (YAML presets, no code) ships as package data under megatron_rl/configs/; the config
   loader finds it through the import system (megatron_rl.config.loader.CONFIGS_DIR).
 """
