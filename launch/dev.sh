@@ -28,7 +28,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # exact versions and no resolver: the lock was resolved once, by launch/lock.sh
     "$venv/bin/python" -m pip install --no-deps -r "$lock" &&
     # a distribution the lock does not name goes (an older lock's, or one installed by hand)
-    extra=$("$venv/bin/python" launch/unlocked.py "$lock") &&
+    extra=$("$venv/bin/python" -I launch/unlocked.py "$lock") &&
     { [ -z "$extra" ] || "$venv/bin/python" -m pip uninstall -y $extra; } &&
     # the project itself, editable, built by the locked setuptools
     "$venv/bin/python" -m pip install --no-deps --no-build-isolation -e .

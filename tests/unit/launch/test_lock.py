@@ -1,10 +1,11 @@
 """The lock (launch/requirements-cpu.lock): the environment the tests run in is exactly the lock, the
 lock satisfies setup.py's ranges and the pins it was made from, and it agrees with the SGLang server
 stack wherever the two share a library."""
+import json
 import re
 import subprocess
 import sys
-from importlib.metadata import distribution, distributions
+from importlib.metadata import distribution
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -35,8 +36,18 @@ def read_pins(path: Path) -> dict[str, str]:
 LOCKED = read_pins(LOCK)
 
 
+def installed_distributions() -> dict[str, str]:
+    """What the environment holds, read by a fresh isolated interpreter (-I: no working directory,
+    no PYTHONPATH): this process's sys.path is not the environment's (setuptools, once imported,
+    appends its own vendored distributions to it)."""
+    out = subprocess.run([sys.executable, "-I", "-c", "import json; from importlib.metadata import distributions; "
+                          "print(json.dumps([[d.metadata['Name'], d.version] for d in distributions()]))"],
+                         capture_output=True, text=True, check=True)
+    return {canonical(name): version for name, version in json.loads(out.stdout)}
+
+
 def test_every_installed_distribution_is_locked_at_its_version():
-    installed = {canonical(d.metadata["Name"]): d.version for d in distributions()}
+    installed = installed_distributions()
     installed.pop("megatron-rl")  # the project itself, installed on top of the lock
     unlocked = sorted(f"{n}=={v}" for n, v in installed.items() if n not in LOCKED)
     assert not unlocked, f"installed but not in the lock (re-run bash launch/dev.sh, or add them via bash launch/lock.sh): {unlocked}"
