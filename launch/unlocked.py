@@ -4,15 +4,12 @@ launch/dev.sh to uninstall so the environment is exactly the lock.
     python launch/unlocked.py launch/requirements-cpu.lock
 
 The project itself (megatron-rl, installed editable after the lock) is not expected in the lock.
+It runs after the lock is installed, so `packaging` (locked) is there.
 """
-import re
 import sys
 from importlib.metadata import distributions
 
-
-def canonical(name: str) -> str:
-    """PEP 503 name normalisation: `Foo_Bar.baz` and `foo-bar-baz` are one distribution."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+from packaging.utils import canonicalize_name as canonical
 
 
 def pinned_names(lock_path: str) -> set[str]:

@@ -58,6 +58,7 @@ class EmbeddedEngine:
             config = transformers.AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "torch_dtype"})
             self.model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.model.to(self.device).eval().requires_grad_(False)
+        self._cache_argument = cache_argument(self.model)  # its forward's name for the KV cache
         self.decode = decode
         self.pad_token_id = pad_token_id
         self.max_batch_size = max_batch_size
@@ -119,9 +120,8 @@ class EmbeddedEngine:
             ids[r, longest - len(prompt):] = torch.tensor(prompt, device=self.device)
             mask[r, longest - len(prompt):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = cache_argument(self.model)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         **{cache: DynamicCache(config=self.model.config)}, use_cache=True)
+                         **{self._cache_argument: DynamicCache(config=self.model.config)}, use_cache=True)
         next_pos = positions[:, -1:] + 1
 
         greedy = params.temperature == 0
@@ -151,7 +151,7 @@ class EmbeddedEngine:
                 break
             mask = torch.cat([mask, mask.new_ones(n, 1)], 1)
             out = self.model(input_ids=choice[:, None], attention_mask=mask, position_ids=next_pos,
-                             **{cache: getattr(out, cache)}, use_cache=True)
+                             **{self._cache_argument: getattr(out, self._cache_argument)}, use_cache=True)
             next_pos = next_pos + 1
         return [
             Sample(prompt_ids=list(prompt), response_ids=tokens[r], logprobs=logprobs[r],

@@ -47,9 +47,7 @@ GENERATE = textwrap.dedent("""
     from megatron_rl.rollout.embedded import EmbeddedEngine, cache_argument
     from megatron_rl.rollout.types import SamplingParams
 
-    model = ModelConfig(architecture="qwen2", num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4,
-                        num_query_groups=2, vocab_size=96, tie_word_embeddings=False, rope_theta=10000.0,
-                        max_position_embeddings=64, rms_norm_eps=1e-6, dtype="fp32")
+    model = ModelConfig.model_validate_json(open(sys.argv[2]).read())
     engine = EmbeddedEngine(model, hf_path=sys.argv[1], seed=3)
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]  # ragged: left padding and positions matter
     rows = []
@@ -63,8 +61,8 @@ def test_embedded_engine_is_the_same_on_the_locked_and_the_newest_transformers(n
     import torch
     import transformers
 
-    from megatron_rl.models.hf_mapping import hf_config_dict
     from megatron_rl.config.schema import ModelConfig
+    from megatron_rl.models.hf_mapping import hf_config_dict
 
     model = ModelConfig(architecture="qwen2", num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4,
                         num_query_groups=2, vocab_size=96, tie_word_embeddings=False, rope_theta=10000.0,
@@ -73,10 +71,11 @@ def test_embedded_engine_is_the_same_on_the_locked_and_the_newest_transformers(n
     torch.manual_seed(0)
     transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path / "hf", safe_serialization=True)
     (tmp_path / "generate.py").write_text(GENERATE)
+    (tmp_path / "model.json").write_text(model.model_dump_json())
 
     runs = {}
     for name, env in (("locked", dict(os.environ)), ("newest", newest)):
-        out = subprocess.run([sys.executable, str(tmp_path / "generate.py"), str(tmp_path / "hf")], cwd=tmp_path,
+        out = subprocess.run([sys.executable, str(tmp_path / "generate.py"), str(tmp_path / "hf"), str(tmp_path / "model.json")], cwd=tmp_path,
                              env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         assert "deprecated" not in out.stderr.lower(), f"{name}: {out.stderr[-2000:]}"

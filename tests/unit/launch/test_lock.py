@@ -2,23 +2,19 @@
 lock satisfies setup.py's ranges and the pins it was made from, and it agrees with the SGLang server
 stack wherever the two share a library."""
 import json
-import re
 import subprocess
 import sys
 from importlib.metadata import distribution
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as canonical
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[3]
 LOCK = ROOT / "launch/requirements-cpu.lock"
 INPUTS = ROOT / "launch/constraints-cpu.txt"
 EXTRAS = ("train", "test", "sglang-client")  # what launch/dev.sh and launch/lock.sh install
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def read_pins(path: Path) -> dict[str, str]:
