@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The README's two commands:  launch/dev.sh demo   |   launch/dev.sh test [pytest args]
+# The README's two commands:  launch/dev.sh demo [overrides]   |   launch/dev.sh test [pytest args]
 # Creates (or reuses) a virtual environment in .venv and makes it exactly the lock
 # (launch/requirements-cpu.lock: every distribution at its exact version, made by launch/lock.sh),
 # with megatron-rl installed editable, whenever setup.py or the lock changed; then runs the main
-# job or the test suite.
+# job or the test suite. The test suite, and a demo with rollout.engine=sglang, also get the isolated
+# SGLang server environment (launch/sglang_env.sh: .venv-sglang, from its own lock), named to the
+# project by MEGATRON_RL_SGLANG_PYTHON.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -38,6 +40,14 @@ fi
 
 cmd=${1:-}
 shift || true
+# the real SGLang server's environment: for the tests, and for a demo on SGLang
+wants_sglang=0
+[ "$cmd" = test ] && wants_sglang=1
+[ "$cmd" = demo ] && [[ " $* " == *" rollout.engine=sglang "* ]] && wants_sglang=1
+if [ "$wants_sglang" = 1 ] && [ -z "${MEGATRON_RL_SGLANG_PYTHON:-}" ]; then
+  MEGATRON_RL_SGLANG_PYTHON=$(PYTHON="$python" bash launch/sglang_env.sh)
+  export MEGATRON_RL_SGLANG_PYTHON
+fi
 case "$cmd" in
   demo) exec "$venv/bin/megatron-rl" demo "$@" ;;
   test)  # pytest's arguments; the whole suite unless they name test files or folders

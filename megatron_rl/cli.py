@@ -72,7 +72,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.config is None:
         args.config = str(CONFIGS_DIR / "demo.yaml")
     overrides = list(args.overrides) + ([f"trainer.total_steps={args.steps}"] if args.steps else [])
-    cfg = load_config(args.config, overrides)
+    # SFT generates nothing: the rollout overrides are GRPO's (rollout.engine=sglang needs the SFT model)
+    sft_overrides = [o for o in overrides if not o.startswith("rollout.")]
+    cfg = load_config(args.config, sft_overrides)
     start = time.monotonic()
     prepare_demo_data(Path(cfg.data.train_path).parent, **DEMO_TASK)
     sft_hf = Path(cfg.sft.output_dir) / "hf"
@@ -80,13 +82,14 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"demo: SFT warm start already done ({sft_hf})")
     else:
         print(f"demo: 1/2 SFT warm start, {cfg.sft.steps} steps")
-        rc = main(["sft", args.config, *overrides])
+        rc = main(["sft", args.config, *sft_overrides])
         if rc:
             return rc
     print(f"demo: 2/2 GRPO, {cfg.trainer.total_steps} steps from {sft_hf}")
     rc = main(["train", args.config, *overrides, f"model.hf_path={sft_hf}"])
     if rc:
         return rc
+    cfg = load_config(args.config, [*overrides, f"model.hf_path={sft_hf}"])
     from megatron_rl.trainer.plot import summary
 
     out = Path(cfg.run.output_dir)

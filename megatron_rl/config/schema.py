@@ -267,6 +267,7 @@ class SGLangConfig(Section):
         "--dp": "rollout.sglang.num_servers (each server has dp 1: weight updates assert it)",
         "--base-gpu-id": "rollout.sglang.base_gpu_id", "--mem-fraction-static": "rollout.sglang.mem_fraction",
         "--random-seed": "rollout.sglang.seed", "--enable-memory-saver": "rollout.sglang.enable_memory_saver",
+        "--device": "rollout.sglang.device", "--max-total-tokens": "rollout.sglang.max_total_tokens",
     }
 
     @staticmethod
@@ -301,6 +302,14 @@ class SGLangConfig(Section):
     extra_args: list[str] = []  # more `sglang.launch_server` flags, e.g. ["--dtype", "bfloat16"]
     seed: Optional[int] = None  # server i gets seed + i; None: run.seed
     log_dir: str = "${run.output_dir}/sglang"  # sglang-server-<i>.log, sglang-router.log
+    # auto: cuda when this process sees a GPU, else cpu (torch-native attention, no memory saver,
+    # loopback only; the environment launch/sglang_env.sh makes)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    # the interpreter of the SGLang server environment; None: $MEGATRON_RL_SGLANG_PYTHON, else this one
+    python: Optional[str] = None
+    # KV-cache tokens per server (--max-total-tokens); None: SGLang sizes it from mem_fraction on a
+    # GPU, CPU_MAX_TOTAL_TOKENS on the CPU (where mem_fraction would take a share of the host's RAM)
+    max_total_tokens: Optional[int] = Field(None, ge=64)
     # the client and the restarts
     health_timeout_s: float = Field(600.0, gt=0)  # a (re)started server must be healthy within this
     request_timeout_s: float = Field(1800.0, gt=0)  # one /generate request

@@ -47,7 +47,9 @@ def build_rollout_engine(cfg_rollout, model_cfg, *, rank: int, hf_path: Optional
                               "with its tokenizer), which is not set: set model.hf_path, or attach to running "
                               "servers with rollout.sglang.urls")
         from .sglang_engine import SGLangEngine
+        from .sglang_launch import SGLANG_DTYPES
 
+        engine_kwargs.setdefault("dtype", SGLANG_DTYPES.get(getattr(model_cfg, "dtype", None)))
         return SGLangEngine.from_config(cfg_rollout, hf_path, run_seed=seed, output_dir=output_dir, **engine_kwargs)
     raise ConfigError(f"rollout.engine {cfg_rollout.engine!r} is not one of embedded, sglang")
 

@@ -6,7 +6,10 @@ attach to) and talk to over HTTP.
 - update_weights: full HF-named tensors to every server (the router does not forward weight
   updates) with the colocated tensor transport (`weight_sync.tensor`); the trainer normally calls a
   transport's `sync(actor, version)` instead, which streams the actor's buckets.
-- release_memory / resume_memory: SGLang's memory saver (colocated placement).
+- release_memory / resume_memory: SGLang's memory saver (colocated placement, GPU servers). A
+  colocated engine checks at start that GPU servers have the memory saver (one line if not: calling
+  release on such a server kills it); CPU servers have no device memory to hand back, so release
+  and resume are skipped there (logged once).
 - a launched server that dies or hangs during a rollout is restarted (`rollout.sglang.max_restarts`
   times per server) and the failed requests are sent again. Its weights after the restart are the
   checkpoint's (version 0): fine while the weights are still version 0; else it loads the current
@@ -35,15 +38,17 @@ class SGLangEngine:
     def __init__(self, cfg, model_path: Optional[str] = None, *, log_dir: Optional[str] = None,
                  seed: Optional[int] = None, output_dir: Optional[str] = None, bucket_bytes: int = 512 << 20,
                  client_kwargs: Optional[dict] = None, launcher=None, router_launcher=None,
-                 env: Optional[dict] = None):
+                 env: Optional[dict] = None, colocated: bool = False, dtype: Optional[str] = None):
         """`cfg`: an SGLangConfig. With `cfg.urls`, attach to those running servers (and
         `cfg.router_url`); otherwise launch `cfg.num_servers` servers of `model_path` (and a router,
         see SGLangServers.launch) with their logs in `log_dir` (default `cfg.log_dir`, where
         `${run.output_dir}` becomes `output_dir`). `seed` overrides `cfg.seed`. `launcher` /
         `router_launcher` replace `python -m sglang.launch_server` / `sglang_router.launch_router`
-        (tests); `client_kwargs` override the client's settings taken from `cfg`."""
+        (tests); `client_kwargs` override the client's settings taken from `cfg`. `colocated`
+        (rollout.placement colocated): the trainer releases the servers' memory between rollouts.
+        `dtype`: the launched servers' --dtype (SGLang's name; the factory passes model.dtype's)."""
         from .sglang_client import SGLangClient
-        from .sglang_launch import ROUTER_LAUNCHER, SERVER_LAUNCHER, SGLangServers, expand_output_dir
+        from .sglang_launch import SGLangServers, expand_output_dir
 
         self.cfg = cfg
         self.log_dir: Optional[str] = None
@@ -57,8 +62,8 @@ class SGLangEngine:
             self.log_dir = log_dir or expand_output_dir(cfg.log_dir, output_dir, "rollout.sglang.log_dir")
             self.servers = SGLangServers.launch(cfg, model_path, log_dir=self.log_dir,
                                                 seed=cfg.seed if seed is None else seed,
-                                                launcher=launcher or SERVER_LAUNCHER,
-                                                router_launcher=router_launcher or ROUTER_LAUNCHER, env=env)
+                                                launcher=launcher, router_launcher=router_launcher, env=env,
+                                                dtype=dtype)
         # a server whose health probe gets no reply within this is hung (after its requests timed out)
         self.probe_timeout_s = min(30.0, cfg.request_timeout_s)
         self._weight_version = 0
@@ -71,10 +76,32 @@ class SGLangEngine:
                             default_tp_size=cfg.tp_size, max_retries=cfg.max_retries,
                             request_timeout_s=cfg.request_timeout_s, recover=self._recover)
             self.client = SGLangClient(self.servers.server_urls, **{**settings, **(client_kwargs or {})})
+            # memory to hand back between rollouts: GPU servers only, and they need the memory saver
+            self.releases_memory = self._check_memory_saver(required=colocated)
         except BaseException:
             self.servers.shutdown()
             raise
         self.bucket_bytes = bucket_bytes
+
+    def _check_memory_saver(self, required: bool) -> bool:
+        """Whether the servers can release memory: False on CPU servers (logged when `required`, the
+        colocated placement: no device memory to hand back). When `required`, a GPU server without
+        --enable-memory-saver is a one-line error now, not a server killed by the first release."""
+        from .sglang_launch import SGLangLaunchError
+
+        infos = {url: self.client.server_info(url) for url in self.servers.server_urls}
+        if all(str(info.get("device", "cuda")) == "cpu" for info in infos.values()):
+            if required:
+                log.info("sglang servers run on the CPU: no device memory to hand back, so the colocated run skips "
+                         "release/resume of their memory (the tensor transport is still used)")
+            return False
+        missing = [url for url, info in infos.items() if not info.get("enable_memory_saver")]
+        if missing and required:
+            raise SGLangLaunchError(
+                f"SGLang server {', '.join(missing)} runs without --enable-memory-saver, which colocated placement "
+                "needs (releasing its memory would kill it): restart it with --enable-memory-saver "
+                "(rollout.sglang.enable_memory_saver true when we launch it), or use rollout.placement=disaggregated")
+        return not missing
 
     @classmethod
     def from_config(cls, rollout_cfg, model_path: Optional[str] = None, *, run_seed: Optional[int] = None,
@@ -86,7 +113,7 @@ class SGLangEngine:
         cfg = rollout_cfg.sglang
         seed = cfg.seed if cfg.seed is not None else run_seed
         return cls(cfg, model_path, seed=seed, output_dir=output_dir, bucket_bytes=rollout_cfg.bucket_mb << 20,
-                   **kwargs)
+                   colocated=rollout_cfg.placement == "colocated", **kwargs)
 
     @property
     def server_urls(self) -> list[str]:
@@ -196,6 +223,8 @@ class SGLangEngine:
         already released are skipped; `released` records what is."""
         from .sglang_client import MEMORY_TAGS
 
+        if not self.releases_memory:
+            return  # CPU servers (or no memory saver): nothing to hand back
         tags = [t for t in (MEMORY_TAGS if tags is None else tags) if t not in self.released]
         if tags:
             self.client.release_memory_occupation(tags)

@@ -9,6 +9,13 @@ A launched server that dies or hangs can be restarted (`SGLangServers.recover`):
 port, the same log file appended to, at most `max_restarts` times per server; what the restarted
 server's weights mean is the engine's business (`sglang_engine.SGLangEngine`).
 
+On a machine without a GPU (`rollout.sglang.device` cpu, or auto there) the servers are SGLang's own
+server on the CPU, as launch/sglang_env.sh installs it: torch-native attention, no CUDA graphs, no
+overlap scheduler, no memory saver (it is CUDA-only), `--sleep-on-idle` (an idle scheduler would
+spin a core), a bounded KV cache, loopback only, SGLANG_USE_CPU_ENGINE=1. Their interpreter is
+`rollout.sglang.python` (else $MEGATRON_RL_SGLANG_PYTHON, else this one). A stopped server's
+/dev/shm files that no process uses any more are removed.
+
 Only the standard library is used here (subprocess, urllib) so a launch script can import it without
 the HTTP client's dependencies. Every failure a user can cause ends in one line naming the server,
 its log and the fix.
@@ -31,8 +38,19 @@ from pathlib import Path
 from typing import Optional, Sequence
 from urllib.parse import urlparse
 
-SERVER_LAUNCHER = (sys.executable, "-m", "sglang.launch_server")
-ROUTER_LAUNCHER = (sys.executable, "-m", "sglang_router.launch_router")
+SERVER_MODULE, ROUTER_MODULE = "sglang.launch_server", "sglang_router.launch_router"
+SERVER_LAUNCHER = (sys.executable, "-m", SERVER_MODULE)
+ROUTER_LAUNCHER = (sys.executable, "-m", ROUTER_MODULE)
+PYTHON_ENV = "MEGATRON_RL_SGLANG_PYTHON"  # the server environment's interpreter (launch/sglang_env.sh)
+# SGLang's server on the CPU (measured with sglang 0.5.23 on a 2-core machine without AMX): the only
+# attention backend that runs there, no CUDA graphs or overlap thread, no warmup request (its
+# freeze_gc step needs CUDA), and a scheduler that sleeps when idle instead of spinning a core
+CPU_FLAGS = ("--device", "cpu", "--attention-backend", "torch_native", "--disable-cuda-graph",
+             "--disable-overlap-schedule", "--skip-server-warmup", "--sleep-on-idle")
+CPU_ENV = {"SGLANG_USE_CPU_ENGINE": "1"}  # without it the CPU model init looks for vllm
+CPU_MAX_TOTAL_TOKENS = 16384  # KV-cache tokens of a CPU server when rollout.sglang.max_total_tokens is unset
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SHM_PREFIXES = ("sglang_", "sgl_shm_")  # what SGLang's processes leave in /dev/shm when killed
 HEALTH_PATH = "/health_generate"  # runs one decode step: the server is loaded and can generate
 ROUTER_HEALTH_PATH = "/health"
 
@@ -64,21 +82,73 @@ def expand_output_dir(path: str, output_dir: Optional[str], key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- commands
+def resolve_device(device: str = "auto") -> str:
+    """`rollout.sglang.device`: auto is cuda when this process sees a GPU, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def server_python(python: Optional[str] = None) -> str:
+    """The SGLang server environment's interpreter: `rollout.sglang.python`, else
+    $MEGATRON_RL_SGLANG_PYTHON, else this process's."""
+    return python or os.environ.get(PYTHON_ENV) or sys.executable
+
+
+def server_env(device: str, base: Optional[dict] = None) -> Optional[dict]:
+    """The servers' environment: `base` (None: ours), with CPU_ENV on the CPU."""
+    if device != "cpu":
+        return base
+    return {**(os.environ if base is None else base), **CPU_ENV}
+
+
+def check_server_python(python: str, modules: Sequence[str] = (SERVER_MODULE,)) -> None:
+    """One line naming the fix when `python` is missing or lacks SGLang (or the router)."""
+    fix = ("make the server environment with `bash launch/sglang_env.sh` (CPU) or use the Docker image, then set "
+           f"rollout.sglang.python (or {PYTHON_ENV}) to its interpreter")
+    probe_code = ("import importlib.util, sys; missing = [m for m in sys.argv[1:] "
+                  "if importlib.util.find_spec(m.rsplit('.', 1)[0]) is None]; print(' '.join(missing))")
+    try:
+        out = subprocess.run([python, "-c", probe_code, *modules], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SGLangLaunchError(f"the SGLang server interpreter {python} does not run ({e}): {fix}") from None
+    missing = out.stdout.split()
+    if out.returncode != 0 or missing:
+        raise SGLangLaunchError(f"the SGLang server interpreter {python} has no {' '.join(missing) or 'sglang'}: {fix}")
+
+
 def server_command(model_path: str, *, port: int, tp_size: int = 1, base_gpu_id: int = 0,
                    mem_fraction: float = 0.8, enable_memory_saver: bool = True, host: str = "127.0.0.1",
                    seed: Optional[int] = None, extra_args: Sequence[str] = (),
-                   launcher: Sequence[str] = SERVER_LAUNCHER) -> list[str]:
-    """The `python -m sglang.launch_server ...` argv of one server."""
+                   launcher: Sequence[str] = SERVER_LAUNCHER, device: str = "cuda",
+                   max_total_tokens: Optional[int] = None, dtype: Optional[str] = None) -> list[str]:
+    """The `python -m sglang.launch_server ...` argv of one server. On the CPU: CPU_FLAGS, no GPU
+    id, no memory saver (CUDA-only), and a KV cache of `max_total_tokens` (default
+    CPU_MAX_TOTAL_TOKENS). `dtype` (SGLang's name: bfloat16, float16, float32) unless `extra_args`
+    give --dtype: the trainer's dtype, so the server's logprobs are comparable with its own."""
     cmd = [*launcher, "--model-path", str(model_path), "--host", host, "--port", str(port),
            "--tp-size", str(tp_size),
-           "--dp-size", "1",  # weight updates assert one DP rank: scale out with servers, not dp
-           "--base-gpu-id", str(base_gpu_id),
-           "--mem-fraction-static", str(mem_fraction)]
-    if enable_memory_saver:  # release/resume_memory_occupation (colocated placement) need it
-        cmd.append("--enable-memory-saver")
+           "--dp-size", "1"]  # weight updates assert one DP rank: scale out with servers, not dp
+    if device != "cpu":
+        cmd += ["--base-gpu-id", str(base_gpu_id)]
+    cmd += ["--mem-fraction-static", str(mem_fraction)]
+    if device == "cpu":
+        cmd += [*CPU_FLAGS, "--max-total-tokens", str(max_total_tokens or CPU_MAX_TOTAL_TOKENS)]
+    else:
+        if enable_memory_saver:  # release/resume_memory_occupation (colocated placement) need it
+            cmd.append("--enable-memory-saver")
+        if max_total_tokens:
+            cmd += ["--max-total-tokens", str(max_total_tokens)]
     if seed is not None:
         cmd += ["--random-seed", str(seed)]
+    if dtype and not any(str(a).split("=", 1)[0] == "--dtype" for a in extra_args):
+        cmd += ["--dtype", dtype]
     return cmd + [str(a) for a in extra_args]
+
+
+SGLANG_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # model.dtype -> --dtype
 
 
 def router_command(worker_urls: Sequence[str], *, port: int, host: str = "127.0.0.1",
@@ -89,11 +159,15 @@ def router_command(worker_urls: Sequence[str], *, port: int, host: str = "127.0.
 
 def server_commands(cfg, model_path: str, *, host: Optional[str] = None, gpu_offset: Optional[int] = None,
                     seed: Optional[int] = None, extra_args: Optional[Sequence[str]] = None,
-                    launcher: Sequence[str] = SERVER_LAUNCHER) -> list[tuple[str, list[str]]]:
+                    launcher: Optional[Sequence[str]] = None, device: Optional[str] = None,
+                    dtype: Optional[str] = None) -> list[tuple[str, list[str]]]:
     """(url, argv) of each of `cfg.num_servers` servers (an SGLangConfig): consecutive ports from
     `base_port`, consecutive GPU blocks of `tp_size` from `gpu_offset`; server i gets seed + i.
-    `host`, `gpu_offset`, `seed`, `extra_args` default to the config's host, base_gpu_id, seed,
-    extra_args."""
+    `host`, `gpu_offset`, `seed`, `extra_args`, `device` default to the config's host, base_gpu_id,
+    seed, extra_args, device (auto resolved); `launcher` to the config's interpreter with
+    `-m sglang.launch_server`."""
+    device = resolve_device(cfg.device if device is None else device)
+    launcher = (server_python(cfg.python), "-m", SERVER_MODULE) if launcher is None else launcher
     host = cfg.host if host is None else host
     gpu_offset = cfg.base_gpu_id if gpu_offset is None else gpu_offset
     seed = cfg.seed if seed is None else seed
@@ -103,7 +177,8 @@ def server_commands(cfg, model_path: str, *, host: Optional[str] = None, gpu_off
         port = cfg.base_port + i
         cmd = server_command(model_path, port=port, tp_size=cfg.tp_size, base_gpu_id=gpu_offset + i * cfg.tp_size,
                              mem_fraction=cfg.mem_fraction, enable_memory_saver=cfg.enable_memory_saver, host=host,
-                             seed=None if seed is None else seed + i, extra_args=extra_args, launcher=launcher)
+                             seed=None if seed is None else seed + i, extra_args=extra_args, launcher=launcher,
+                             device=device, max_total_tokens=cfg.max_total_tokens, dtype=dtype)
         out.append((f"http://{_client_host(host)}:{port}", cmd))
     return out
 
@@ -235,23 +310,39 @@ class SGLangServers:
     def launch(cls, cfg, model_path: str, *, log_dir: str, host: Optional[str] = None,
                gpu_offset: Optional[int] = None, seed: Optional[int] = None,
                extra_args: Optional[Sequence[str]] = None, router: Optional[bool] = None,
-               router_policy: Optional[str] = None, launcher: Sequence[str] = SERVER_LAUNCHER,
-               router_launcher: Sequence[str] = ROUTER_LAUNCHER, env: Optional[dict] = None) -> "SGLangServers":
+               router_policy: Optional[str] = None, launcher: Optional[Sequence[str]] = None,
+               router_launcher: Optional[Sequence[str]] = None, env: Optional[dict] = None,
+               device: Optional[str] = None, dtype: Optional[str] = None) -> "SGLangServers":
         """Start `cfg.num_servers` servers (an SGLangConfig) and, when `router` (default
-        `cfg.router`; auto: more than one server and sglang_router importable), the router; wait
-        until all are healthy. The keyword arguments left None come from the config."""
-        import importlib.util
-
+        `cfg.router`; auto: more than one server and sglang_router in the servers' interpreter), the
+        router; wait until all are healthy. The keyword arguments left None come from the config;
+        `launcher` / `router_launcher` replace `<rollout.sglang.python> -m sglang.launch_server` /
+        `-m sglang_router.launch_router` (tests)."""
         host = cfg.host if host is None else host
+        device = resolve_device(cfg.device if device is None else device)
+        if device == "cpu" and host not in LOOPBACK:
+            raise SGLangLaunchError(
+                f"rollout.sglang.host {host}: SGLang servers on the CPU serve this machine only; set "
+                "rollout.sglang.host=127.0.0.1 (GPU servers may bind other addresses)")
+        python = server_python(cfg.python)
         router = cfg.router if router is None else router
-        if router == "auto":
-            router = cfg.num_servers > 1 and importlib.util.find_spec("sglang_router") is not None
-        elif router and tuple(router_launcher) == ROUTER_LAUNCHER and importlib.util.find_spec("sglang_router") is None:
-            raise SGLangLaunchError("rollout.sglang.router is true but sglang_router is not installed: "
-                                    "pip install sglang-router, or set rollout.sglang.router to auto or false")
+        if launcher is None:
+            check_server_python(python)
+        if router_launcher is None:
+            has_router = _has_module(python, "sglang_router")
+            if router is True and not has_router:
+                raise SGLangLaunchError(
+                    f"rollout.sglang.router is true but {python} has no sglang_router: pip install sglang-router "
+                    "there (launch/sglang_env.sh does), or set rollout.sglang.router to auto or false")
+            if router == "auto":
+                router = cfg.num_servers > 1 and has_router
+            router_launcher = (python, "-m", ROUTER_MODULE)
+        elif router == "auto":
+            router = cfg.num_servers > 1
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         commands = server_commands(cfg, model_path, host=host, gpu_offset=gpu_offset, seed=seed,
-                                   extra_args=extra_args, launcher=launcher)
+                                   extra_args=extra_args, launcher=launcher, device=device, dtype=dtype)
+        env = server_env(device, env)
         ports = [cfg.base_port + i for i in range(cfg.num_servers)] + ([cfg.router_port] if router else [])
         for port in ports:
             if _port_in_use(host, port):
@@ -387,6 +478,56 @@ def _start(url: str, cmd: list[str], log_path: Path, env: Optional[dict], note: 
     return Target(url, proc, str(log_path), cmd=list(cmd), env=env, started_at=time.monotonic())
 
 
+def _has_module(python: str, module: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"],
+                              capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def shm_in_use(shm_dir: str = "/dev/shm") -> set[str]:
+    """Names in `shm_dir` that a live process has open or mapped (from /proc; those we may not read
+    are skipped: they belong to other users, whose files we do not remove either)."""
+    used = set()
+    prefix = shm_dir.rstrip("/") + "/"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith(prefix):
+                    used.add(target[len(prefix):].split(" ")[0])
+            with open(f"/proc/{pid}/maps") as maps:
+                for line in maps:
+                    at = line.find(prefix)
+                    if at >= 0:
+                        used.add(line[at + len(prefix):].split(" ")[0].strip())
+        except OSError:
+            continue
+    return used
+
+
+def remove_shm_leftovers(prefixes: Sequence[str] = SHM_PREFIXES, shm_dir: str = "/dev/shm") -> list[str]:
+    """Remove this user's files in `shm_dir` with one of `prefixes` that no live process uses (what
+    killed SGLang processes leave behind); returns their names."""
+    try:
+        names = [n for n in os.listdir(shm_dir) if n.startswith(tuple(prefixes))]
+    except OSError:
+        return []
+    if not names:
+        return []
+    used, removed = shm_in_use(shm_dir), []
+    for name in names:
+        path = os.path.join(shm_dir, name)
+        try:
+            if name not in used and os.stat(path).st_uid == os.getuid():
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            continue
+    return removed
+
+
 def _stop(proc: Optional[subprocess.Popen], grace_s: float) -> None:
     if proc is None:
         return
@@ -401,6 +542,9 @@ def _stop(proc: Optional[subprocess.Popen], grace_s: float) -> None:
         proc.wait(timeout=10.0)
     except subprocess.TimeoutExpired:
         pass
+    removed = remove_shm_leftovers()
+    if removed:
+        log.info("removed %d SGLang file(s) left in /dev/shm: %s", len(removed), " ".join(removed))
 
 
 def _signal_group(pgid: int, sig: int) -> None:

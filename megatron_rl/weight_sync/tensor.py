@@ -52,9 +52,22 @@ def serialize_flattened(named: Bucket, ranks: int) -> tuple[list[str], dict]:
 
         # name devices by UUID, not index: the server's CUDA_VISIBLE_DEVICES may differ from ours
         monkey_patch_torch_reductions()
+    else:
+        share_cpu_tensors_by_name()
     flat = FlattenedTensorBucket(named_tensors=[(n, t.detach()) for n, t in named])
     data = {"flattened_tensor": flat.get_flattened_tensor(), "metadata": flat.get_metadata()}
     return [MultiprocessingSerializer.serialize(data, output_str=True) for _ in range(ranks)], data
+
+
+def share_cpu_tensors_by_name() -> None:
+    """CPU tensors reach the server's scheduler through /dev/shm files named in the payload (torch's
+    file_system strategy). The default strategy passes file descriptors, which only processes sharing
+    our multiprocessing authkey may fetch: a real server's scheduler dies on them
+    (AuthenticationError in rebuild_storage_fd). Process-wide, idempotent."""
+    import torch.multiprocessing as torch_mp
+
+    if torch_mp.get_sharing_strategy() != "file_system":
+        torch_mp.set_sharing_strategy("file_system")
 
 
 async def _post_in_order(aio, url: str, payload_lists: list, version: Optional[int]) -> None:

@@ -137,8 +137,10 @@ def _version_tuple(v: str) -> tuple:
 class FakeSGLang:
     def __init__(self, *, version: str = "0.5.23", tp_size: int = 1, vocab_size: int = 1000, host: str = "127.0.0.1",
                  port: int = 0, model_path: str = "fake/model", legacy_info_route: bool = False,
-                 unhealthy_probes: int = 0, join_groups: bool = False):
+                 unhealthy_probes: int = 0, join_groups: bool = False, device: str = "cuda",
+                 enable_memory_saver: bool = True):
         self.version, self.tp_size, self.vocab_size = version, tp_size, vocab_size
+        self.device, self.enable_memory_saver = device, enable_memory_saver  # as /server_info reports them
         self.model_path = model_path
         self.needs_session = _version_tuple(version) >= (0, 5, 21)
         self.legacy_info_route = legacy_info_route  # old servers: only /get_server_info
@@ -182,6 +184,7 @@ class FakeSGLang:
         return self
 
     def stop(self) -> None:
+        self.stopped = True  # a kept-alive connection's handler thread outlives shutdown(): it drops the request
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -233,7 +236,8 @@ class FakeSGLang:
         return 200, None
 
     def server_info(self, body):
-        return 200, {"version": self.version, "tp_size": self.tp_size, "dp_size": 1, "model_path": self.model_path}
+        return 200, {"version": self.version, "tp_size": self.tp_size, "dp_size": 1, "model_path": self.model_path,
+                     "device": self.device, "enable_memory_saver": self.enable_memory_saver}
 
     def model_info(self, body):
         return 200, {"model_path": self.model_path, "weight_version": self.weight_version, "is_generation": True}
@@ -526,6 +530,9 @@ def _handler(fake: FakeSGLang):
             pass
 
         def _serve(self, method):
+            if getattr(fake, "stopped", False):  # a dead server answers nothing, on old connections too
+                self.close_connection = True
+                return
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             try:
@@ -578,6 +585,8 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--tp-size", type=int, default=1)
     p.add_argument("--dp-size", type=int, default=1)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--enable-memory-saver", action="store_true")
     p.add_argument("--fake-version", default="0.5.23")
     p.add_argument("--fake-exit-code", type=int, default=None)  # die at start, like a bad model path
     p.add_argument("--fake-startup-s", type=float, default=0.0)
@@ -590,7 +599,8 @@ def main(argv=None) -> int:
         return args.fake_exit_code
     time.sleep(args.fake_startup_s)
     fake = FakeSGLang(version=args.fake_version, tp_size=args.tp_size, host=args.host, port=args.port,
-                      model_path=args.model_path, join_groups=args.fake_join_groups)
+                      model_path=args.model_path, join_groups=args.fake_join_groups, device=args.device,
+                      enable_memory_saver=args.enable_memory_saver)
     fake.delay_s = args.fake_delay_s
     print("fake sglang: ready", flush=True)
     fake.httpd.serve_forever(poll_interval=0.05)

@@ -26,7 +26,8 @@ def test_server_command_line():
 
 
 def test_server_commands_from_config_place_servers_on_consecutive_gpus_and_ports():
-    cfg = SGLangConfig(num_servers=3, tp_size=2, base_port=31000, mem_fraction=0.5, enable_memory_saver=False)
+    cfg = SGLangConfig(num_servers=3, tp_size=2, base_port=31000, mem_fraction=0.5, enable_memory_saver=False,
+                       device="cuda")
     out = server_commands(cfg, "/m", host="0.0.0.0", gpu_offset=1, seed=10)
     assert [u for u, _ in out] == ["http://127.0.0.1:31000", "http://127.0.0.1:31001", "http://127.0.0.1:31002"]
     for i, (_, cmd) in enumerate(out):
@@ -103,7 +104,7 @@ def test_a_launched_server_that_stays_unhealthy_times_out_and_is_stopped(tmp_pat
 
 def test_launch_two_servers_then_shutdown_kills_them(tmp_path):
     port = free_port_pair()
-    cfg = SGLangConfig(num_servers=2, tp_size=2, base_port=port, health_timeout_s=20)
+    cfg = SGLangConfig(num_servers=2, tp_size=2, base_port=port, health_timeout_s=20, device="cuda")
     servers = SGLangServers.launch(cfg, "/m", log_dir=str(tmp_path), launcher=FAKE, router=False)
     try:
         assert servers.server_urls == [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
