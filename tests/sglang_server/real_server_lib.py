@@ -103,3 +103,6 @@ def reference_logprobs(model_path_or_model, samples) -> list[torch.Tensor]:
 def max_gap(samples, reference: list[torch.Tensor]) -> float:
     return max((ref - torch.tensor(s.logprobs, dtype=torch.float64)).abs().max().item()
                for s, ref in zip(samples, reference) if s.response_ids)
+
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
