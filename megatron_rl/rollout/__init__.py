@@ -12,7 +12,6 @@ _LAZY = {
     "SGLangError": "sglang_client",
     "SGLangStaleWeightsError": "sglang_client",
     "build_rollout_engine": "factory",
-    "build_weight_sync": "factory",
     "SGLangServers": "sglang_launch",
     "SGLangLaunchError": "sglang_launch",
 }

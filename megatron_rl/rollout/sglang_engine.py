@@ -3,9 +3,8 @@ attach to) and talk to over HTTP.
 
 - generate: through sglang-router when there is one, otherwise groups spread over the servers by
   the client; each prompt's n samples come back adjacent with `prompt_index` and `weight_version`.
-- update_weights: full HF-named tensors to every server (the router does not forward weight
-  updates) with the colocated tensor transport (`weight_sync.tensor`); the trainer normally calls a
-  transport's `sync(actor, version)` instead, which streams the actor's buckets.
+- weights reach the servers through a transport of weight_sync/ (tensor, nccl, disk: every
+  server, since the router does not forward weight updates); rollout/ imports none of them.
 - release_memory / resume_memory: SGLang's memory saver (colocated placement, GPU servers). A
   colocated engine checks at start that GPU servers have the memory saver (one line if not: calling
   release on such a server kills it); CPU servers have no device memory to hand back, so release
@@ -208,15 +207,6 @@ class SGLangEngine:
             "gets them) and run the rollout again")
 
     # ------------------------------------------------------------------ weights and memory
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: Optional[int] = None) -> int:
-        """Full HF-named tensors (any subset) to every server; same node (CUDA IPC / shared memory)."""
-        from ..models.hf_io import bucketize
-        from ..weight_sync.tensor import TensorWeightSync
-
-        stats = TensorWeightSync(self, bucket_bytes=self.bucket_bytes).push(
-            bucketize(named_tensors, self.bucket_bytes), version)
-        return stats["tensors"]
-
     def release_memory(self, tags: Optional[Sequence[str]] = None) -> None:
         """Give the GPU to the trainer (weights, KV cache, CUDA graphs by default); the servers must
         be idle and launched with --enable-memory-saver (rollout.sglang.enable_memory_saver). Tags

@@ -85,7 +85,7 @@ class RLTrainer:
         self.pad_id, self.eos_id = from_rank0(self._setup_rank0)
         self.iterative_rm = (IterativeRewardModel(self.reward_model, cfg.rm, seed=cfg.run.seed + 1, pad_id=self.pad_id,
                                                   dp_rank=self.dp_rank, dp=self.dp) if iterative.enabled else None)
-        from ..rollout.factory import build_weight_sync
+        from ..weight_sync.factory import build_weight_sync
 
         self.sync = build_weight_sync(cfg.rollout, self.engine, output_dir=str(self.output_dir))
         self.sampling = self._sampling_params(cfg.rollout.sampling)

@@ -10,7 +10,7 @@ and the resharding they share is `models.hf_io.iter_hf_buckets`:
 `rollout.weight_sync: auto` resolves by engine and placement (`resolve_weight_sync`, defined with
 the config checks so `megatron-rl validate` refuses an impossible choice before anything starts):
 embedded -> in_process, sglang colocated -> tensor, sglang disaggregated -> nccl; disk only when
-asked. `rollout.factory.build_weight_sync` builds the transport from the config.
+asked. `weight_sync.factory.build_weight_sync` builds the transport from the config.
 """
 from ..config.checks import WEIGHT_SYNC_AUTO, resolve_weight_sync, weight_sync_problem
 from .disk import DiskWeightSync

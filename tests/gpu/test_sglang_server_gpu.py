@@ -176,7 +176,7 @@ def test_greedy_generation_is_deterministic_and_grouped(engine):
 
 def test_logprobs_match_transformers_before_and_after_tensor_and_disk_syncs(engine, reference, tmp_path):
     from megatron_rl.models.hf_io import bucketize
-    from megatron_rl.rollout.factory import build_weight_sync
+    from megatron_rl.weight_sync.factory import build_weight_sync
 
     gap = _gap(reference, engine.generate(PROMPTS, _greedy()).samples)
     assert gap[0] < TOL_MAX and gap[1] < TOL_MEAN, f"the checkpoint itself: gap {gap}"

@@ -10,7 +10,8 @@ from fake_sglang import FAKE_LAUNCHER, free_port_pair
 from megatron_rl.config import ConfigError, load_config
 from megatron_rl.config.checks import WEIGHT_SYNC_AUTO, resolve_weight_sync, run_errors, weight_sync_problem
 from megatron_rl.config.schema import ModelConfig, RolloutConfig, SGLangConfig
-from megatron_rl.rollout.factory import build_rollout_engine, build_weight_sync
+from megatron_rl.rollout.factory import build_rollout_engine
+from megatron_rl.weight_sync.factory import build_weight_sync
 
 BASE = Path(__file__).resolve().parents[2] / "fixtures" / "bad_configs" / "parts" / "base.yaml"
 ENGINES, PLACEMENTS = ("embedded", "sglang"), ("colocated", "disaggregated")
@@ -181,3 +182,20 @@ def test_transports_from_config(tmp_path):
     assert isinstance(nccl, NcclWeightSync) and (nccl.master_address, nccl.master_port) == ("10.0.0.1", 29600)
     disk = build_weight_sync(RolloutConfig(engine="sglang", weight_sync="disk"), None, output_dir=str(tmp_path))
     assert isinstance(disk, DiskWeightSync) and disk.root == (tmp_path / "weights").resolve()
+
+
+def test_rollout_imports_no_weight_transport():
+    """The knot between rollout/ and weight_sync/ stays cut: transports are built in weight_sync/."""
+    import ast
+    from pathlib import Path
+
+    import megatron_rl.rollout as rollout
+
+    offenders = []
+    for path in Path(rollout.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and "weight_sync" in (node.module or ""):
+                offenders.append(f"{path.name}:{node.lineno} from {'.' * node.level}{node.module}")
+            elif isinstance(node, ast.Import) and any("weight_sync" in a.name for a in node.names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, offenders

@@ -27,7 +27,9 @@ def test_engine_over_two_attached_servers():
             assert sum(p == "/generate" for p, _ in a.requests) == 2 == sum(p == "/generate" for p, _ in b.requests)
 
             weights = [("w", torch.randn(3, 2)), ("b", torch.ones(2, dtype=torch.bfloat16))]
-            assert engine.update_weights(iter(weights), version=5) == 2
+            from megatron_rl.weight_sync.tensor import TensorWeightSync
+
+            assert TensorWeightSync(engine).push([weights], version=5)["tensors"] == 2
             assert engine.weight_version == 5
             for fake in (a, b):  # weight updates go to every server
                 assert set(fake.weights) == {"w", "b"} and torch.equal(fake.weights["w"], weights[0][1])
