@@ -243,7 +243,7 @@ stop_all() {  # SIGTERM to every process group started, SIGKILL to what is left 
 remove_shm_leftovers() {  # SGLang's /dev/shm files that no live process has open or mapped any more
   "$PYTHON" - <<'PY' 2>/dev/null || true
 import os
-names = [n for n in os.listdir("/dev/shm") if n.startswith(("sglang_", "sgl_shm_"))]
+names = [n for n in os.listdir("/dev/shm") if n.startswith(("sglang_", "sgl_shm_", "sem.mp-"))]
 used = set()
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from ..config.errors import ConfigError
-from .sglang_launch import expand_output_dir
 
 
 def build_rollout_engine(cfg_rollout, model_cfg, *, rank: int, hf_path: Optional[str] = None, seed: int = 0,

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable, Iterator, Optional, Sequence
-
-import torch
+from typing import Iterator, Optional, Sequence
 
 from .types import RolloutBatch, Sample, SamplingParams
 

@@ -50,7 +50,7 @@ CPU_FLAGS = ("--device", "cpu", "--attention-backend", "torch_native", "--disabl
 CPU_ENV = {"SGLANG_USE_CPU_ENGINE": "1"}  # without it the CPU model init looks for vllm
 CPU_MAX_TOTAL_TOKENS = 16384  # KV-cache tokens of a CPU server when rollout.sglang.max_total_tokens is unset
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-SHM_PREFIXES = ("sglang_", "sgl_shm_")  # what SGLang's processes leave in /dev/shm when killed
+SHM_PREFIXES = ("sglang_", "sgl_shm_", "sem.mp-")  # what SGLang's processes leave in /dev/shm when stopped
 HEALTH_PATH = "/health_generate"  # runs one decode step: the server is loaded and can generate
 ROUTER_HEALTH_PATH = "/health"
 
@@ -509,7 +509,8 @@ def shm_in_use(shm_dir: str = "/dev/shm") -> set[str]:
 
 def remove_shm_leftovers(prefixes: Sequence[str] = SHM_PREFIXES, shm_dir: str = "/dev/shm") -> list[str]:
     """Remove this user's files in `shm_dir` with one of `prefixes` that no live process uses (what
-    killed SGLang processes leave behind); returns their names."""
+    stopped SGLang processes leave behind: load snapshots, shared buffers, multiprocessing
+    semaphores; seen after every stop); returns their names."""
     try:
         names = [n for n in os.listdir(shm_dir) if n.startswith(tuple(prefixes))]
     except OSError:

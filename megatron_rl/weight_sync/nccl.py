@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from datetime import timedelta
 from typing import Iterable, Optional
 
@@ -65,18 +66,37 @@ def this_node_address() -> str:
             return "127.0.0.1"
 
 
-def _while_pending(futures, collective):
-    """Run our side of a collective while the servers' HTTP calls (which join it) are in flight;
-    cancel them if ours fails, else wait for every reply. Returns the collective's result."""
-    try:
-        result = collective()
-    except BaseException:
+def _while_pending(futures, collective, poll_s: float = 0.05):
+    """Run our side of a collective while the servers' HTTP calls (which join it) are in flight.
+    A server that refuses (its reply comes back as an error while ours still waits for it) fails us
+    at once with its one-line reason, instead of after the group's timeout; the blocked collective
+    is left to that timeout in its daemon thread. Returns the collective's result."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = collective()
+        except BaseException as e:  # noqa: BLE001  handed to the caller below
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="weight-sync-collective", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(poll_s)
+        refused = next((f for f in futures if f.done() and not f.cancelled() and f.exception() is not None), None)
+        if refused is not None and worker.is_alive():
+            for f in futures:
+                f.cancel()
+            raise refused.exception()
+    if "error" in box:
         for f in futures:
             f.cancel()
-        raise
+        raise box["error"]
     for f in futures:
         f.result()
-    return result
+    return box["result"]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -86,15 +106,18 @@ def dtype_name(dtype: torch.dtype) -> str:
 class NcclWeightSync:
     name = "nccl"
 
-    def __init__(self, target=None, *, group_name: str = "megatron_rl_weights", backend: str = "nccl",
+    def __init__(self, target=None, *, group_name: Optional[str] = None, backend: str = "nccl",
                  master_address: Optional[str] = None, bucket_bytes: int = 512 << 20, flatten: bool = True,
                  pause_mode: str = "abort", timeout_s: float = 600.0, master_port: Optional[int] = None):
         """`target`: the SGLangEngine (or SGLangClient) on global rank 0, None on the other ranks.
         `master_address`: how the servers reach the sending rank (default: this node's address);
-        `master_port`: the rendezvous port of stage 0's group (stage s: + s; default: a free port)."""
+        `master_port`: the rendezvous port of stage 0's group (stage s: + s; default: a free port).
+        `group_name` defaults to one of this transport's own: a server keeps a group's name until it
+        is destroyed, so a trainer that died (or restarted) without destroying its group could never
+        form one of the same name on the servers it attaches to again."""
         self.client, self.engine = _client_of(target) if target is not None else (None, None)
-        self.base_group_name = group_name
-        self.group_name = group_name
+        self.base_group_name = group_name or f"megatron_rl_weights_{uuid.uuid4().hex[:8]}"
+        self.group_name = self.base_group_name
         self.backend = backend
         self.master_address = master_address
         self.master_port = master_port

@@ -118,3 +118,36 @@ def test_unreachable_url_fails_in_one_line_quickly(tmp_path):
     assert "\n" not in message and "not healthy after 3s" in message and "connection refused" in message
     assert "check rollout.sglang.urls" in message
     assert time.monotonic() - start < 15
+
+
+def test_a_weight_group_the_server_refuses_fails_at_once_and_fresh_names_never_clash(engine):
+    """A server keeps a weight-update group's name until it is destroyed, so a trainer that died with
+    its group formed leaves the name taken. Our side of the next group's rendezvous used to wait out
+    its whole timeout (600 s) for a server that had already refused; and every transport used the
+    same default name, so a restarted trainer could never form its group on those servers again."""
+    import subprocess
+    import sys
+
+    from megatron_rl.rollout.sglang_client import SGLangError
+    from megatron_rl.weight_sync.nccl import NcclWeightSync
+
+    url = engine.server_urls[0]
+    dead_trainer = ("from megatron_rl.rollout.sglang_client import SGLangClient\n"
+                    "from megatron_rl.weight_sync.nccl import NcclWeightSync\n"
+                    f"NcclWeightSync(SGLangClient([{url!r}]), backend='gloo', master_address='127.0.0.1', "
+                    "group_name='clash').connect()\n"
+                    "import os; os._exit(0)  # dies with its group formed\n")
+    subprocess.run([sys.executable, "-c", dead_trainer], check=True, timeout=120)
+    again = NcclWeightSync(engine.client, backend="gloo", master_address="127.0.0.1", group_name="clash",
+                           timeout_s=300)
+    start = time.monotonic()
+    with pytest.raises(SGLangError) as err:
+        again.connect()
+    assert time.monotonic() - start < 30
+    message = str(err.value)
+    assert "\n" not in message and "/init_weights_update_group" in message
+    assert "group name has already been created" in message
+    # a transport's default name is its own: a restarted trainer forms its group on the same servers
+    fresh = NcclWeightSync(engine.client, backend="gloo", master_address="127.0.0.1")
+    fresh.connect()
+    fresh.disconnect()

@@ -1,8 +1,9 @@
 """Weight sync from Megatron actors (2 gloo ranks: TP=2, or PP=2) into SGLang's real server on the
-CPU, through the tensor transport (flattened buckets, /dev/shm files: torch's file_system sharing)
-and the disk transport, each followed by the parity probe: the server's logprobs of its own samples
+CPU, through the tensor transport (flattened buckets, /dev/shm files: torch's file_system sharing),
+the disk transport, and the distributed transport (weight_sync/nccl.py's protocol with gloo standing
+in for NCCL: the server's group and broadcasts are SGLang's own), each followed by the parity probe: the server's logprobs of its own samples
 equal the trainer's within the dtype's tolerance. The actor starts from other weights than the
-server's, and is changed again before the disk sync, so each sync has something to deliver (the
+server's, and is changed again before the disk and distributed syncs, so each sync has something to deliver (the
 gap before it is large). The server's weight_version follows every sync.
 
 Tolerances reached (max |server - trainer| logprob over the probes, measured 2026-12-07): fp32
@@ -30,6 +31,7 @@ def _worker(hf_dir, url, layout, dtype, disk_root):
     from megatron_rl.parallel import init_parallel
     from megatron_rl.rollout.sglang_client import SGLangClient
     from megatron_rl.weight_sync.disk import DiskWeightSync
+    from megatron_rl.weight_sync.nccl import NcclWeightSync
     from megatron_rl.weight_sync.parity import check_parity
     from megatron_rl.weight_sync.tensor import TensorWeightSync
 
@@ -54,16 +56,27 @@ def _worker(hf_dir, url, layout, dtype, disk_root):
     stats = tensor.sync(actor, version=1)
     out.update(tensor_stats=stats, after_tensor=gap(), version_after_tensor=server_version())
 
-    with torch.no_grad():  # new weights on every rank's shard: the disk sync must deliver them
-        # one seed on every rank: TP peers hold replicated tensors (norms, row-parallel biases) that must stay equal
-        g = torch.Generator().manual_seed(100)
-        for chunk in actor.chunks:
-            for p in chunk.parameters():
-                p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.05 * (p.float().std() + 0.05))
+    def perturb(seed):  # new weights on every rank's shard: the next sync must deliver them
+        with torch.no_grad():
+            # one seed on every rank: TP peers hold replicated tensors (norms, row-parallel biases) that must stay equal
+            g = torch.Generator().manual_seed(seed)
+            for chunk in actor.chunks:
+                for p in chunk.parameters():
+                    p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.05 * (p.float().std() + 0.05))
+
+    perturb(100)
     out["before_disk"] = gap()
     disk = DiskWeightSync(client, disk_root)
     disk.sync(actor, version=2)
     out.update(after_disk=gap(), version_after_disk=server_version())
+
+    # the disaggregated transport's protocol (init_weights_update_group + update_weights_from_distributed
+    # with broadcasts), with gloo standing in for NCCL on the CPU: SGLang's side is the real one
+    perturb(200)
+    out["before_distributed"] = gap()
+    distributed = NcclWeightSync(client, backend="gloo", master_address="127.0.0.1", bucket_bytes=64 << 10)
+    out["distributed_stats"] = distributed.sync(actor, version=3)
+    out.update(after_distributed=gap(), version_after_distributed=server_version())
     if rank0:
         client.close()
     return out
@@ -106,5 +119,10 @@ def test_megatron_actor_syncs_into_the_real_server(server_in, dtype, layout, tin
     assert out["before_disk"] > VISIBLE * 0.1, out
     assert out["after_disk"] < tol, [(k, v) for k, v in out.items() if k != "tensor_stats"][3:]
     assert out["version_after_disk"] == "2", out
+    assert out["before_distributed"] > VISIBLE * 0.1, out
+    assert out["after_distributed"] < tol, [(k, v) for k, v in out.items() if "stats" not in k]
+    assert out["version_after_distributed"] == "3", out
+    assert out["distributed_stats"]["tensors"] == hf_tensors, out
     print(f"{layout} {dtype}: parity gap after tensor sync {out['after_tensor']:.2e}, after disk sync "
-          f"{out['after_disk']:.2e} (before: {out['before_tensor']:.2f}, {out['before_disk']:.2f})")
+          f"{out['after_disk']:.2e}, after distributed (gloo) sync {out['after_distributed']:.2e} "
+          f"(before: {out['before_tensor']:.2f}, {out['before_disk']:.2f}, {out['before_distributed']:.2f})")

@@ -9,15 +9,14 @@ import signal
 import subprocess
 import threading
 import time
-
-import pytest
+from pathlib import Path
 
 from megatron_rl.rollout.types import SamplingParams
 from real_server_lib import ROOT_DIR, free_port, launch_engine
 
 
 def _shm_names() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(("sglang_", "sgl_shm_"))}
+    return {n for n in os.listdir("/dev/shm") if n.startswith(("sglang_", "sgl_shm_", "sem.mp-"))}
 
 
 def test_servers_script_runs_two_cpu_servers_behind_the_router(sglang_python, tiny_model, server_logs):
@@ -73,16 +72,31 @@ def test_a_server_killed_mid_rollout_is_restarted_resynced_and_its_requests_sent
         weights = {k: v * 1.1 if k.endswith("norm.weight") else v for k, v in weights.items()}  # version 1
         DiskWeightSync(engine, str(tmp_path / "w")).push(bucketize(iter(weights.items()), 1 << 20), version=1,
                                                          model=tiny_model[1])
-        greedy = SamplingParams(temperature=0.0, max_new_tokens=48)
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=128)
         prompts = [[5, 6, 7, 8], [9, 10, 11], [20, 21, 22]] * 6
         want = [s.response_ids for s in engine.generate(prompts, greedy).samples]
-        pid = engine.servers.targets[0].process.pid
-        killer = threading.Timer(1.0, lambda: os.killpg(pid, signal.SIGKILL))  # while the rollout runs
+        target = engine.servers.targets[0]
+        pid, log_path = target.process.pid, Path(target.log_path)
+        seen = log_path.stat().st_size
+        killed = threading.Event()
+
+        def kill_once_prefilled():  # SIGKILL as soon as the server has started on this rollout
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with log_path.open("rb") as f:
+                    f.seek(seen)
+                    if b"Prefill batch" in f.read():
+                        os.killpg(pid, signal.SIGKILL)
+                        killed.set()
+                        return
+                time.sleep(0.02)
+
+        killer = threading.Thread(target=kill_once_prefilled)
         start = time.monotonic()
         killer.start()
         batch = engine.generate(prompts, greedy)
         killer.join()
-        assert engine.servers.restart_count == 1
+        assert killed.is_set() and engine.servers.restart_count == 1
         assert engine.servers.targets[0].process.pid != pid
         # the restarted server reloaded version 1 from disk, and the re-sent requests came back the same
         assert {s.weight_version for s in batch.samples} == {1}

@@ -1,5 +1,13 @@
-"""A stand-in SGLang server for CPU tests: the HTTP endpoints the rollout code uses, request
-validation modelled on sglang 0.5.23's structs, deterministic generation and failure injection.
+"""STAND-IN, NOT SGLang: an imitation SGLang server, kept only for what the real one cannot be made to
+show on demand. SGLang 0.5.23's real server runs on the CPU here and is what the rollout tests talk
+to (tests/sglang_server: generation, stops, logprobs, tensor / disk / distributed weight sync from
+Megatron at TP=2 and PP=2, restarts, the router). This imitation remains for faults and situations:
+a hung server, 5xx replies and their retries, aborted samples, older servers (< 0.5.21, no weight
+update session; only /get_server_info), a GPU server's memory release and resume, several servers'
+weight groups, and failures injected mid-update. Each test that uses it is one of those.
+
+The HTTP endpoints the rollout code uses, request validation modelled on sglang 0.5.23's structs,
+deterministic generation and failure injection.
 
 Validation is deliberately stricter than SGLang in one way: unknown top-level fields are refused
 (SGLang's control structs silently ignore them, so a misspelled field would be lost without an

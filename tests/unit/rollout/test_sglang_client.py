@@ -30,37 +30,6 @@ def _generate_bodies(fake):
     return [b for p, b in fake.requests if p == "/generate"]
 
 
-def test_generate_groups_are_adjacent_with_prompt_index_and_parsed_logprobs(fake, client):
-    prompts = [[1, 2, 3], [7], [40, 48]]
-    params = SamplingParams(temperature=0.7, top_p=0.9, top_k=20, max_new_tokens=5, stop_token_ids=(10,))
-    batch = client.generate(prompts, params, n=3)
-
-    assert [s.prompt_index for s in batch.samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert [len(g) for g in batch.groups()] == [3, 3, 3]
-    for s in batch.samples:
-        j = [x for x in batch.samples if x.prompt_index == s.prompt_index].index(s)
-        assert s.prompt_ids == prompts[s.prompt_index]
-        # the fake's rule: counting up from the last prompt token (+ j), wrapping at the vocab
-        expected = [(s.prompt_ids[-1] + j + t + 1) % 50 for t in range(5)]
-        if 10 in expected:
-            expected = expected[:expected.index(10) + 1]
-        assert s.response_ids == expected
-        assert s.finish_reason == ("stop" if expected[-1] == 10 else "length")
-        assert s.logprobs == pytest.approx([FakeSGLang.logprob(t, j) for t in range(len(expected))])
-        assert s.weight_version == 0
-    # the stop token is kept (no_stop_trim): prompt 1 sample 1 is [9, 10]
-    assert batch.samples[4].response_ids == [9, 10] and batch.samples[4].finish_reason == "stop"
-    # wrap-around at the vocab: prompt [40, 48] sample 2 is 51, 52.. % 50
-    assert batch.samples[8].response_ids == [1, 2, 3, 4, 5]
-
-    bodies = _generate_bodies(fake)
-    assert len(bodies) == 3  # one request per prompt, n in sampling_params
-    sp = bodies[0]["sampling_params"]
-    assert sp == {"max_new_tokens": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "stop": [],
-                  "stop_token_ids": [10], "no_stop_trim": True, "n": 3}
-    assert all(b["return_logprob"] is True for b in bodies)
-
-
 def test_single_sample_requests_have_no_n_and_weight_version_comes_from_the_server(fake, client):
     fake.weight_version = "12"  # what the server reports after an update sent with weight_version "12"
     batch = client.generate([[3]], SamplingParams(max_new_tokens=2), n=1, weight_version=4)
@@ -83,15 +52,6 @@ def test_replies_with_older_weights_than_the_rollout_are_not_used(fake, client):
         assert "\n" not in str(err.value) and "instead of 4 3 times" in str(err.value)
     fake.weight_version = "5"  # newer (an update during the rollout): the server's record wins
     assert client.generate([[3]], SamplingParams(max_new_tokens=2), weight_version=4).samples[0].weight_version == 5
-
-
-def test_request_bodies_pass_sglangs_own_contract(fake, client):
-    api = pytest.importorskip("sglang.api.v1.api_types")
-    client.generate([[1, 2]], SamplingParams(max_new_tokens=3, stop=("</s>",), stop_token_ids=(2,)), n=2)
-    client.generate([[1, 2]], SamplingParams(temperature=0.0, max_new_tokens=3), n=1)
-    for body in _generate_bodies(fake):
-        req = api.GenerateRequest.from_json_value(body)  # raises JsonContractError on a violation
-        assert req.return_logprob is True and req.sampling_params.no_stop_trim is True
 
 
 def test_concurrency_bound_counts_sequences_in_flight(fake):
@@ -137,15 +97,6 @@ def test_a_4xx_is_not_retried(fake, client):
     with pytest.raises(SGLangError, match=r"refused prompt 0: HTTP 400: injected failure"):
         client.generate([[1]], SamplingParams(max_new_tokens=2))
     assert len(_generate_bodies(fake)) == 1
-
-
-def test_dead_server_is_one_line():
-    with SGLangClient(["http://127.0.0.1:9"], max_retries=1, **FAST) as c:  # port 9: nothing listens
-        with pytest.raises(SGLangError) as err:
-            c.generate([[1]], SamplingParams(max_new_tokens=1))
-        assert not c.health()
-    msg = str(err.value)
-    assert "\n" not in msg and "http://127.0.0.1:9" in msg and "cannot connect" in msg and "2 attempts" in msg
 
 
 def test_timeout_is_reported(fake):

@@ -1,0 +1,30 @@
+"""The README's demo on SGLang's real server: `megatron-rl demo rollout.engine=sglang` launches a CPU
+server from the SFT model, rolls out on it, syncs the weights into it every step (colocated: the
+tensor transport, no memory release on the CPU), and the held-out greedy accuracy rises by at least
+0.3 (measured: 0.00 -> 1.00 in two runs). About 6 minutes on 2 cores."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from real_server_lib import free_port
+
+
+def test_the_demo_learns_on_the_real_sglang_server(sglang_python, server_logs):
+    out_dir = server_logs / "demo"
+    proc = subprocess.run([sys.executable, "-m", "megatron_rl", "demo", "rollout.engine=sglang",
+                           f"run.output_dir={out_dir}", f"rollout.sglang.base_port={free_port()}"],
+                          capture_output=True, text=True, timeout=1500, env={**os.environ})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").open()]
+    accuracy = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
+    assert accuracy[-1] - accuracy[0] >= 0.3, accuracy
+    train = [r for r in rows if "reward/mean" in r]
+    assert max(r["rollout/rollout_train_logprob_gap_max"] for r in train) < 1e-4  # fp32, on-policy
+    assert [r["policy_version"] for r in train][-1] == 160
+    log = (out_dir / "sglang" / "sglang-server-0.log").read_text()
+    assert log.count("POST /update_weights_from_tensor") >= 160  # a sync every step
+    assert "/release_memory_occupation" not in log  # colocated on the CPU: nothing to hand back
+    print(f"demo on the real server: eval accuracy {accuracy}")
