@@ -74,8 +74,12 @@ def _while_pending(futures, collective, poll_s: float = 0.05):
     import threading
 
     box: dict = {}
+    # a new thread starts on CUDA device 0: give it the caller's, so the group and broadcasts use it
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
     def run():
+        if device is not None:
+            torch.cuda.set_device(device)
         try:
             box["result"] = collective()
         except BaseException as e:  # noqa: BLE001  handed to the caller below
