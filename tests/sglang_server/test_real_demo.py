@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,13 +15,28 @@ from real_server_lib import free_port
 
 def test_the_demo_learns_on_the_real_sglang_server(sglang_python, server_logs):
     out_dir = server_logs / "demo"
-    proc = subprocess.run([sys.executable, "-m", "megatron_rl", "demo", "rollout.engine=sglang",
-                           f"run.output_dir={out_dir}", f"rollout.sglang.base_port={free_port()}"],
-                          capture_output=True, text=True, timeout=1500,
-                          # as the README runs it: without the test session's TRITON_INTERPRET (tests/conftest.py),
-                          # which would put every kernel of the 160 steps under the Triton interpreter (~10 s a step)
-                          env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "megatron_rl", "demo", "rollout.engine=sglang",
+                             f"run.output_dir={out_dir}", f"rollout.sglang.base_port={free_port()}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as the README runs it: without the test session's TRITON_INTERPRET
+                            # (tests/conftest.py), which puts every kernel under the Triton interpreter
+                            # (seen in CI: ~10 s a GRPO step instead of ~1.6 s)
+                            env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    try:
+        stdout, stderr = proc.communicate(timeout=1500)
+    except subprocess.TimeoutExpired:
+        import psutil  # torchrun's ranks and the server run in sessions of their own: kill the whole tree
+
+        victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for victim in victims:
+            try:
+                victim.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(victims, timeout=30)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"the demo did not finish in 1500 s: {stdout[-2000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").open()]
     accuracy = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
     assert accuracy[-1] - accuracy[0] >= 0.3, accuracy
