@@ -158,13 +158,14 @@ def test_sglang_without_a_checkpoint_or_urls_is_a_config_error():
 def test_router_true_without_sglang_router_installed_is_one_line(tmp_path):
     pytest.importorskip("httpx")
     import importlib.util
+    import sys
 
-    if importlib.util.find_spec("sglang_router") is not None:
-        pytest.skip("sglang_router is installed here")
+    # the servers' interpreter decides: this one (the project's environment), which has no router
+    assert importlib.util.find_spec("sglang_router") is None, "the locked project environment has no sglang_router"
     from megatron_rl.rollout.sglang_launch import SGLangLaunchError
 
     r = RolloutConfig(engine="sglang", sglang=SGLangConfig(base_port=free_port_pair(), router=True,
-                                                           log_dir=str(tmp_path)))
+                                                           log_dir=str(tmp_path), python=sys.executable))
     with pytest.raises(SGLangLaunchError, match="rollout.sglang.router is true but .* has no sglang_router"):
         build_rollout_engine(r, ModelConfig(hf_path="/ckpt"), rank=0, launcher=FAKE_LAUNCHER)
 
