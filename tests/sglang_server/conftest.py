@@ -18,6 +18,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent / "distributed"))  # dist_harness, hf_models
+sys.path.insert(0, str(HERE.parent / "integration"))  # trainer_runs
 sys.path.insert(0, str(ROOT / "launch" / "sglang_cpu"))  # the stand-in's CALL_MARKER (no sgl_kernel use here)
 
 

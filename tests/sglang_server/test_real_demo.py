@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
 from real_server_lib import free_port
+from trainer_runs import kill_job
 
 
 def test_the_demo_learns_on_the_real_sglang_server(sglang_python, server_logs):
@@ -25,17 +25,8 @@ def test_the_demo_learns_on_the_real_sglang_server(sglang_python, server_logs):
     try:
         stdout, stderr = proc.communicate(timeout=1500)
     except subprocess.TimeoutExpired:
-        import psutil  # torchrun's ranks and the server run in sessions of their own: kill the whole tree
-
-        victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        for victim in victims:
-            try:
-                victim.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(victims, timeout=30)
-        stdout, stderr = proc.communicate()
-        raise AssertionError(f"the demo did not finish in 1500 s: {stdout[-2000:]}")
+        kill_job(proc)  # torchrun's ranks and the server run in sessions of their own: the whole tree
+        raise AssertionError(f"the demo did not finish in 1500 s: {proc.communicate()[0][-2000:]}")
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").open()]
     accuracy = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
