@@ -2,11 +2,11 @@
 tokenizer), servers launched by the project's launcher on the CPU, and an fp64 transformers reference."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
 
+from free_ports import free_port_range
 from megatron_rl.config.schema import ModelConfig, RolloutConfig, SGLangConfig
 
 # configs/models/tiny-qwen2.yaml, the demo's model, untied: a random tied model's greedy answer
@@ -18,23 +18,7 @@ TINY = dict(architecture="qwen2", num_layers=2, hidden_size=64, ffn_hidden_size=
 
 def free_port(span: int = 1) -> int:
     """A port p with p .. p+span-1 free now."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + span > 65535:
-            continue
-        ok = True
-        for q in range(port + 1, port + span):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", q))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return port
-    raise RuntimeError("no free port range")
+    return free_port_range(span)
 
 
 def model_config(dtype: str = "fp32") -> ModelConfig:

@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 import yaml
+from free_ports import free_port_range
 from launch_helpers import ROOT, commands, one_error_line, run_script
 
 from megatron_rl.rollout.sglang_launch import router_command, server_command
@@ -120,22 +121,6 @@ def test_mistakes_fail_in_one_line(fake_bin, tmp_path):
     assert f"port {port}" in line and "already in use" in line
 
 
-def free_consecutive_ports(n: int) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65000:
-            continue
-        free = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                free = free and s.connect_ex(("127.0.0.1", p)) != 0
-        if free:
-            return base
-    raise RuntimeError("no free ports")
-
-
 def read_until(proc, marker: str, timeout: float) -> list[str]:
     lines, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -156,7 +141,7 @@ def get_json(url: str) -> dict:
 def test_starts_servers_waits_for_health_and_stops_them_on_sigterm(fake_bin, tmp_path):
     fake_bin.gpus(2)
     (tmp_path / "m").mkdir()
-    base = free_consecutive_ports(2)
+    base = free_port_range(2)
     env = fake_bin.env(SGLANG_LAUNCH_SERVER=FAKE_SERVER)
     proc = subprocess.Popen(["bash", str(ROOT / SCRIPT), "--num-servers", "2", "--base-port", str(base),
                              "--host", "127.0.0.1", "--log-dir", str(tmp_path / "logs"), str(tmp_path / "m")],
@@ -189,7 +174,7 @@ def test_a_server_that_dies_at_start_is_reported_with_its_log(fake_bin, tmp_path
     fake_bin.gpus(1)
     (tmp_path / "m").mkdir()
     env = fake_bin.env(SGLANG_LAUNCH_SERVER=FAKE_SERVER)
-    proc = run_script(SCRIPT, "--base-port", str(free_consecutive_ports(1)), "--log-dir", str(tmp_path / "logs"),
+    proc = run_script(SCRIPT, "--base-port", str(free_port_range(1)), "--log-dir", str(tmp_path / "logs"),
                       str(tmp_path / "m"), "--", "--fake-exit-code", "3", env=env, timeout=60)
     assert proc.returncode == 1
     (line,) = proc.stderr.splitlines()

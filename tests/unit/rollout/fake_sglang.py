@@ -570,16 +570,9 @@ ThreadingHTTPServer.request_queue_size = 1024  # bursts of hundreds of connectio
 
 def free_port_pair() -> int:
     """A port p with p and p + 1 free (servers launched on consecutive ports)."""
-    import socket
+    from free_ports import free_port_range
 
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-        with socket.socket() as b:
-            if port < 65000 and b.connect_ex(("127.0.0.1", port + 1)) != 0:
-                return port
-    raise RuntimeError("no two consecutive free ports")
+    return free_port_range(2)
 
 
 FAKE_LAUNCHER = [sys.executable, str(Path(__file__).resolve())]  # in place of `python -m sglang.launch_server`
