@@ -329,7 +329,9 @@ class SGLangServers:
         if launcher is None:
             check_server_python(python)
         if router_launcher is None:
-            has_router = _has_module(python, "sglang_router")
+            # one interpreter start to ask, and only when the answer matters (a single server never gets a router)
+            wanted = router is True or (router == "auto" and cfg.num_servers > 1)
+            has_router = wanted and _has_module(python, "sglang_router")
             if router is True and not has_router:
                 raise SGLangLaunchError(
                     f"rollout.sglang.router is true but {python} has no sglang_router: pip install sglang-router "
