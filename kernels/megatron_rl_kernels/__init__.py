@@ -92,7 +92,8 @@ def clipped_policy_loss(logits: torch.Tensor, labels: torch.Tensor, *, old_logpr
                         advantages: torch.Tensor, response_mask: torch.Tensor, clip_low: float = 0.2,
                         clip_high: float = 0.2, dual_clip: Optional[float] = None, ratio: str = "token",
                         agg: str = "token-mean", is_weights: Optional[torch.Tensor] = None, normalizer=None,
-                        log_ratio_clamp: float = 20.0, ref_logprob: Optional[torch.Tensor] = None,
+                        log_ratio_clamp: float = 20.0, seq_log_ratio_clamp: float = 10.0,
+                        ref_logprob: Optional[torch.Tensor] = None,
                         kl_coef: float = 0.0, kl_estimator: str = "low_var_kl", entropy_coef: float = 0.0,
                         temperature: float = 1.0, tp_group=None, ignore_index: int = -100,
                         vocab_size: Optional[int] = None, return_per_token: bool = False, backend: str = "auto"):
@@ -107,7 +108,8 @@ def clipped_policy_loss(logits: torch.Tensor, labels: torch.Tensor, *, old_logpr
     """
     kwargs = dict(old_logprob=old_logprob, advantages=advantages, response_mask=response_mask, clip_low=clip_low,
                   clip_high=clip_high, dual_clip=dual_clip, ratio=ratio, agg=agg, is_weights=is_weights,
-                  normalizer=normalizer, log_ratio_clamp=log_ratio_clamp, ref_logprob=ref_logprob, kl_coef=kl_coef,
+                  normalizer=normalizer, log_ratio_clamp=log_ratio_clamp,
+                  seq_log_ratio_clamp=seq_log_ratio_clamp, ref_logprob=ref_logprob, kl_coef=kl_coef,
                   kl_estimator=kl_estimator, entropy_coef=entropy_coef, temperature=temperature, tp_group=tp_group,
                   ignore_index=ignore_index, vocab_size=vocab_size, return_per_token=return_per_token)
     if resolve_backend(backend, logits) == "reference":

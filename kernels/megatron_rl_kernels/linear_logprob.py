@@ -59,7 +59,8 @@ class _LinearLogprobsAndEntropy(torch.autograd.Function):
             result = launch_stats(RowLayout(logits), flat_labels, n_cols=width, col_offset=start + c0, stats=stats,
                                   accumulate=i > 0, finalize=last and world == 1, **common)
         if not isinstance(result, tuple):  # several ranks (or nothing local): merge across TP
-            result = merge_stats_across_ranks(stats, flat_labels, ignore_index, tp_group)
+            result = merge_stats_across_ranks(stats, flat_labels, ignore_index, tp_group,
+                                              n_local=weight.shape[0])
         logprob, entropy, max_, log_sum = result
         del buffer
 

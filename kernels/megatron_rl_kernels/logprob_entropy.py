@@ -317,7 +317,8 @@ class _LogprobsAndEntropy(torch.autograd.Function):
             logprob, entropy, max_, log_sum = launch_stats(layout, flat_labels, finalize=True, **common)
         else:
             stats = launch_stats(layout, flat_labels, finalize=False, **common)
-            logprob, entropy, max_, log_sum = merge_stats_across_ranks(stats, flat_labels, ignore_index, tp_group)
+            logprob, entropy, max_, log_sum = merge_stats_across_ranks(stats, flat_labels, ignore_index, tp_group,
+                                                                         n_local=logits.shape[-1])
         ctx.common, ctx.shape = common, logits.shape
         ctx.save_for_backward(layout.tensor, flat_labels, max_, log_sum, entropy)
         ctx.set_materialize_grads(False)

@@ -24,7 +24,7 @@ def policy_loss_from_logprobs(
     old_logprob: torch.Tensor, advantages: torch.Tensor, response_mask: torch.Tensor,
     clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: Optional[float] = None, ratio: str = "token",
     agg: str = "token-mean", is_weights: Optional[torch.Tensor] = None, normalizer=None,
-    log_ratio_clamp: float = 20.0, ref_logprob: Optional[torch.Tensor] = None, kl_coef: float = 0.0,
+    log_ratio_clamp: float = 20.0, seq_log_ratio_clamp: float = 10.0, ref_logprob: Optional[torch.Tensor] = None, kl_coef: float = 0.0,
     kl_estimator: str = "low_var_kl", entropy_coef: float = 0.0, temperature: float = 1.0, tp_group=None,
     ignore_index: int = -100, vocab_size: Optional[int] = None, return_per_token: bool = False,
 ):
@@ -41,7 +41,8 @@ def policy_loss_from_logprobs(
                                             ignore_index=ignore_index, vocab_size=vocab_size)
     pg_loss, metrics = policy_loss(logprob, old_logprob, advantages, response_mask, clip_low=clip_low,
                                    clip_high=clip_high, dual_clip=dual_clip, ratio=ratio, agg=agg,
-                                   is_weights=is_weights, normalizer=normalizer, log_ratio_clamp=log_ratio_clamp)
+                                   is_weights=is_weights, normalizer=normalizer, log_ratio_clamp=log_ratio_clamp,
+                                   seq_log_ratio_clamp=seq_log_ratio_clamp)
     loss = pg_loss
     entropy_term = aggregate(entropy, response_mask, agg, normalizer)
     if entropy_coef:

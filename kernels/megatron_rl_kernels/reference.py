@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .vocab_parallel import check_inputs, local_vocab
+from .vocab_parallel import check_inputs, local_vocab, max_over_ranks
 from .policy_loss import policy_loss_from_logprobs
 
 
@@ -37,14 +37,13 @@ def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, *, tp_group
                          ignore_index: int = -100, vocab_size: Optional[int] = None):
     """Eager reference of megatron_rl.kernels.logprobs_and_entropy."""
     check_inputs(logits.shape[:-1], labels, temperature)
-    import torch.distributed as dist
     start, n_valid, world = local_vocab(logits.shape[-1], tp_group, vocab_size)
     x = logits if logits.dtype == torch.float64 else logits.float()
     x = x[..., :n_valid] / temperature  # Megatron's padded vocab rows (>= vocab_size) are left out
 
     row_max = x.detach().amax(-1) if n_valid else x.new_full(labels.shape, float("-inf"))
     if world > 1:
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=tp_group)
+        row_max = max_over_ranks(row_max, logits.shape[-1], tp_group)
     row_max = torch.where(row_max == float("-inf"), 0.0, row_max)  # rows of -inf only stay NaN-free
     shifted = x - row_max[..., None]
     e = torch.exp(shifted)

@@ -27,17 +27,32 @@ def local_vocab(n_local: int, tp_group, vocab_size: Optional[int]) -> tuple[int,
     return start, n_valid, world
 
 
-def merge_stats_across_ranks(stats: torch.Tensor, labels: torch.Tensor, ignore_index: int, tp_group):
+def max_over_ranks(row_max: torch.Tensor, n_local: int, tp_group) -> torch.Tensor:
+    """All-reduce MAX of the rows' maxima, which also checks that every rank holds the same number of
+    vocabulary columns: the label offsets (rank * V_local) are only right for equal shards, and unequal
+    ones would give silently wrong log-probabilities. The sizes ride in the same collective."""
+    import torch.distributed as dist
+    sizes = torch.tensor([n_local, -n_local], dtype=row_max.dtype, device=row_max.device)
+    packed = torch.cat([row_max.reshape(-1), sizes])
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX, group=tp_group)
+    largest, smallest = int(packed[-2]), -int(packed[-1])
+    if largest != smallest:
+        raise ValueError(f"tensor-parallel vocabulary shards differ in size ({largest} vs {smallest} columns; this "
+                         f"rank has {n_local}): each rank must hold an equal contiguous slice of the vocabulary, "
+                         "as Megatron's does (pad the vocabulary to a multiple of the tensor-parallel size)")
+    return packed[:-2].reshape(row_max.shape)
+
+
+def merge_stats_across_ranks(stats: torch.Tensor, labels: torch.Tensor, ignore_index: int, tp_group, n_local: int):
     """Per-rank raw stats [4, rows] = (m, s, a, x_label) over the local slice, with
     s = sum exp(x - m) and a = sum exp(x - m) (x - m), -> (logprob, entropy, max, log_sum) over the
-    whole vocabulary. Two collectives: MAX of m, then one SUM of (s, a, x_label) rescaled to the
-    global max (x_label is 0 on the ranks that do not own the label)."""
+    whole vocabulary. Two collectives: MAX of m (with the shard-size check), then one SUM of (s, a,
+    x_label) rescaled to the global max (x_label is 0 on the ranks that do not own the label).
+    n_local: this rank's number of vocabulary columns (padding included)."""
     import torch.distributed as dist
     distributed = tp_group is not None and dist.get_world_size(tp_group) > 1
     m_local, s, a, x_label = stats
-    m = m_local.clone()
-    if distributed:
-        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=tp_group)
+    m = max_over_ranks(m_local, n_local, tp_group) if distributed else m_local.clone()
     m_ref = torch.where(m == float("-inf"), 0.0, m)  # rows of -inf only stay NaN-free
     rescale = torch.exp(m_local - m_ref)  # 0 on a rank whose slice is all -inf (or empty)
     # sum e'(x - M) = rescale * (a + s (m_local - M)); s == 0 where m_local is -inf

@@ -4,8 +4,9 @@ Modes (verl's names and values, so numbers can be compared):
   token-mean               sum(x * m) / #tokens                      (DAPO; verl default)
   seq-mean-token-sum       mean over sequences of the per-sequence token sum
   seq-mean-token-mean      mean over sequences of the per-sequence token mean  (GRPO paper)
-  seq-mean-token-sum-norm  sum(x * m) / L, L a constant length budget (Dr.GRPO); verl uses the
-                           padded response length, and so do we when no normalizer is given.
+  seq-mean-token-sum-norm  sum(x * m) / (L * #sequences), L a constant length budget (Dr.GRPO:
+                           1/G sum_i 1/L sum_t, so the 1/G over responses stays); verl uses the
+                           padded response length as L, and so do we when no normalizer is given.
 
 Split invariance: every mode is `numerator / normalizer` where the numerator is additive over
 sequences. Computing each micro-batch (or data-parallel shard) with the *global* normalizer and
@@ -58,21 +59,23 @@ def _count(response_mask: torch.Tensor, mode: str) -> torch.Tensor:
 def local_normalizer(response_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """The denominator `aggregate` uses for this batch alone (never 0)."""
     _check(mode)
+    count = _count(response_mask, mode)
     if mode == "seq-mean-token-sum-norm":
-        return torch.tensor(float(response_mask.shape[-1]))
-    return _count(response_mask, mode).clamp(min=1)
+        count = count * response_mask.shape[-1]
+    return count.clamp(min=1)
 
 
 def global_normalizer(masks: Iterable[torch.Tensor], mode: str, norm_len: Optional[int] = None) -> torch.Tensor:
     """Denominator for a batch held as several pieces (micro-batches), for split-invariant losses.
 
     For seq-mean-token-sum-norm the denominator is the constant `norm_len` (the configured generation
-    budget, as Dr.GRPO prescribes); it is required, since each rank's padding differs.
+    budget, as Dr.GRPO prescribes; required, since each rank's padding differs) times the number of
+    sequences.
     """
     _check(mode)
-    masks = list(masks)
+    count = sum(_count(m, mode) for m in masks)
     if mode == "seq-mean-token-sum-norm":
         if norm_len is None:
             raise ValueError("seq-mean-token-sum-norm needs norm_len (the generation budget) for a global normalizer")
-        return torch.tensor(float(norm_len))
-    return sum(_count(m, mode) for m in masks).clamp(min=1)
+        count = count * float(norm_len)
+    return torch.as_tensor(count, dtype=torch.float32).clamp(min=1)

@@ -5,8 +5,10 @@ With log_ratio = log pi - log pi_ref on tokens sampled from pi (Schulman's k1/k2
   abs |log_ratio|
   k2  0.5 * log_ratio^2                  (verl's "mse")
   k3  exp(-log_ratio) - 1 + log_ratio    unbiased, always >= 0 (r - log r - 1 with r = pi_ref/pi);
-                                         log-ratio clamped to [-20, 20] against overflow
-  low_var_kl  k3 with the result clamped to [-10, 10] (verl's "k3" is this clamped form)
+                                         log-ratio clamped to [-20, 20] against overflow and the
+                                         result to [-10, 10]: one token far below the reference
+                                         would otherwise add up to e^20 to the loss
+  low_var_kl  the same estimator under verl's other name (verl's "k3" and "low_var_kl" agree)
 As a loss term (GRPO) use `aggregate(kl_estimate(...), mask, mode)`; as a reward penalty (PPO,
 REINFORCE++) use `kl_penalty_rewards`.
 """
@@ -31,8 +33,7 @@ def kl_estimate(logprob: torch.Tensor, ref_logprob: torch.Tensor, kind: str = "l
     if kind in ("k3", "low_var_kl"):
         # expm1 keeps k3 >= 0 for tiny log-ratios, where exp(-x) - 1 + x cancels to noise
         log_ratio = log_ratio.clamp(-20, 20)
-        k3 = torch.expm1(-log_ratio) + log_ratio
-        return k3 if kind == "k3" else k3.clamp(-10, 10)
+        return (torch.expm1(-log_ratio) + log_ratio).clamp(-10, 10)
     raise ValueError(f"unknown KL estimator {kind!r}; expected one of {', '.join(KL_ESTIMATORS)}")
 
 

@@ -8,7 +8,9 @@ The gradient is zero wherever a clipped branch wins. Ratio levels:
     sequence        GSPO: s = exp(mean_t(logp_t - old_t)) on every token of the sequence
     sequence-token  GSPO-token: value s, gradient of r_t (s * pi_t / sg(pi_t)), so token-varying
                     advantages can be used; equals `sequence` when A is constant over a sequence
-The log-ratio is clamped to [-log_ratio_clamp, log_ratio_clamp] before exp. `agg` defaults to
+The token log-ratio is clamped to [-log_ratio_clamp, log_ratio_clamp] (20) before exp; the sequence
+log-ratio of GSPO to [-seq_log_ratio_clamp, seq_log_ratio_clamp] (10, as verl's GSPO: exp(20) would
+scale one sequence's loss by 5e8, and a sequence ratio that far out is clipped anyway). `agg` defaults to
 token-mean for every ratio level; the GSPO objective is `ratio="sequence", agg="seq-mean-token-mean"`
 (configs/algorithms/gspo.yaml sets both).
 """
@@ -24,11 +26,11 @@ from .masked import as_float, masked_mean
 RATIO_LEVELS = ("token", "sequence", "sequence-token")
 
 
-def _log_ratio(logprob, old_logprob, mask, ratio: str, clamp: float) -> torch.Tensor:
+def _log_ratio(logprob, old_logprob, mask, ratio: str, clamp: float, seq_clamp: float) -> torch.Tensor:
     log_ratio = logprob - old_logprob
     if ratio == "token":
         return log_ratio.clamp(-clamp, clamp)
-    seq = masked_mean(log_ratio, mask, dim=-1).clamp(-clamp, clamp)[:, None]  # [B, 1]
+    seq = masked_mean(log_ratio, mask, dim=-1).clamp(-seq_clamp, seq_clamp)[:, None]  # [B, 1]
     if ratio == "sequence":
         return seq.expand_as(log_ratio)
     if ratio == "sequence-token":
@@ -40,7 +42,7 @@ def policy_loss(logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: to
                 response_mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
                 dual_clip: Optional[float] = None, ratio: str = "token", agg: str = "token-mean",
                 is_weights: Optional[torch.Tensor] = None, normalizer=None,
-                log_ratio_clamp: float = 20.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                log_ratio_clamp: float = 20.0, seq_log_ratio_clamp: float = 10.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Returns (scalar loss, metrics). `is_weights` (detached) multiply the per-token loss, e.g. the
     train/inference mismatch weights of `mismatch_importance_weights`; `normalizer` is the global
     denominator of `aggregate` for split-invariant micro-batching."""
@@ -57,7 +59,7 @@ def policy_loss(logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: to
     valid = mask.bool()
     zero = torch.zeros((), dtype=logprob.dtype, device=logprob.device)
     logprob, old_logprob = torch.where(valid, logprob, zero), torch.where(valid, old_logprob, zero)
-    log_ratio = _log_ratio(logprob, old_logprob, mask, ratio, log_ratio_clamp)
+    log_ratio = _log_ratio(logprob, old_logprob, mask, ratio, log_ratio_clamp, seq_log_ratio_clamp)
     r = torch.exp(log_ratio)
     unclipped = -advantages * r
     clipped = -advantages * r.clamp(1.0 - clip_low, 1.0 + clip_high)

@@ -102,13 +102,12 @@ def experts_need_moe(c: RunConfig, world: int):
 
 
 @rule
-def context_parallel_splits_sequences(c: RunConfig, world: int):
-    cp = c.parallel.context
-    seq = c.data.max_prompt_len + c.rollout.sampling.max_new_tokens
-    if cp > 1 and seq % (2 * cp):
-        return (f"parallel.context {cp}: data.max_prompt_len + rollout.sampling.max_new_tokens = {seq} "
-                f"must be divisible by 2*context = {2 * cp} (load-balanced context-parallel split): "
-                "adjust the lengths")
+def context_parallel_is_not_built(c: RunConfig, world: int):
+    # the groups would form, but no sequence is split over them: each CP rank would train on whole
+    # rows and the gradients would be wrong
+    if c.parallel.context > 1:
+        return (f"parallel.context {c.parallel.context}: context parallelism is not built yet (sequences are not "
+                "split over context-parallel ranks): set parallel.context=1")
 
 
 @rule
@@ -154,6 +153,15 @@ def dynamic_sampling_needs_groups(c: RunConfig, world: int):
         return (f"algorithm.dynamic_sampling.enabled filters groups with equal rewards and needs a group "
                 f"estimator ({', '.join(GROUP_ESTIMATORS)}), not algorithm.advantage "
                 f"'{c.algorithm.advantage}': disable it or change the estimator")
+
+
+@rule
+def dynamic_sampling_sees_rule_scores_only(c: RunConfig, world: int):
+    # the filter runs on rank 0 before the reward model scores on every rank: it would keep or drop
+    # groups on the rule-based part of a score the update does not train on alone
+    if c.algorithm.dynamic_sampling.enabled and any(s.type == "reward_model" for s in c.reward.sources):
+        return ("algorithm.dynamic_sampling.enabled with a reward.sources entry of type reward_model is not built "
+                "yet (the filter would see the rule-based scores only): disable dynamic sampling or the reward model")
 
 
 @rule

@@ -394,7 +394,8 @@ class PolicyLossConfig(Section):
     clip_high: float = Field(0.2, ge=0)
     dual_clip: Optional[float] = Field(None, gt=1)  # lower bound c > 1 on the loss of negative advantages
     ratio: RatioLevel = "token"  # token: PPO/GRPO; sequence: GSPO; sequence-token: GSPO-token
-    log_ratio_clamp: float = Field(20.0, gt=0)
+    log_ratio_clamp: float = Field(20.0, gt=0)  # token log-ratio, before exp
+    seq_log_ratio_clamp: float = Field(10.0, gt=0)  # GSPO's sequence log-ratio (verl: 10)
 
 
 class KLConfig(Section):

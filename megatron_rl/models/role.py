@@ -14,7 +14,8 @@ share of the mini-batch loss: its numerator divided by the *global* normaliser (
 over every micro-batch and DP rank, see algorithms.aggregation.global_normalizer), so the shares sum
 to the mini-batch loss. Megatron's schedule divides each micro-batch loss by the number of
 micro-batches and DDP averages gradients over DP; train_step multiplies both back, so the gradient
-is exactly that of the summed shares whatever the split.
+is exactly that of the summed shares whatever the split. The loss_fn's metrics are shares in the
+same sense and are summed; names ending in `_max` / `_min` are extremes, reduced by max / min.
 """
 from __future__ import annotations
 
@@ -123,8 +124,9 @@ class MegatronRole:
         A non-finite mini-batch loss skips the optimizer step on every rank (`update_skipped`,
         `nonfinite_loss` in the result) unless skip_nonfinite is False.
 
-        Returns {"loss": mini-batch loss (the summed shares), "grad_norm", "lr", **mean of the
-        loss_fn metrics over micro-batches and DP ranks}, identical on every rank.
+        Returns {"loss": mini-batch loss (the summed shares), "grad_norm", "lr", **the loss_fn metrics
+        summed over micro-batches and DP ranks (max / min for `_max` / `_min` names)}, identical on
+        every rank.
         """
         from megatron.core import parallel_state as ps
 
@@ -143,11 +145,7 @@ class MegatronRole:
             return loss * (num_mb * dp), metrics  # undo the schedule's 1/num_mb and DDP's 1/dp
 
         per_mb = run_pipeline(self.chunks, micro_batches, output_fn, forward_only=False)
-        names = sorted(per_mb[0])
-        stacked = torch.stack([torch.stack([m[k] for m in per_mb]) for k in names])  # [metrics, mb]
-        sums = stacked.sum(1)
-        dist.all_reduce(sums, group=ps.get_data_parallel_group())
-        out = {k: (sums[i] if k == "loss" else sums[i] / (num_mb * dp)).item() for i, k in enumerate(names)}
+        out = reduce_metrics(per_mb, group=ps.get_data_parallel_group())
 
         # every rank sees the same loss (broadcast from the last stage, summed over DP), so all
         # agree on skipping: a non-finite loss would write NaN into the weights and Adam's moments
@@ -163,3 +161,26 @@ class MegatronRole:
         out.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                    lr=self.optimizer.param_groups[0]["lr"], update_skipped=not ok, nonfinite_loss=not finite)
         return out
+
+
+def reduce_metrics(per_micro_batch: list[dict], group=None) -> dict[str, float]:
+    """Micro-batch metrics -> mini-batch values over the micro-batches and the ranks of `group`:
+    shares are summed, `_max` / `_min` names take the max / min. Three collectives at most."""
+    names = sorted(per_micro_batch[0])
+    kinds = {"max": [k for k in names if k.endswith("_max")], "min": [k for k in names if k.endswith("_min")]}
+    kinds["sum"] = [k for k in names if k not in kinds["max"] and k not in kinds["min"]]
+    out = {}
+    for kind, keys in kinds.items():
+        if not keys:
+            continue
+        stacked = torch.stack([torch.stack([m[k] for m in per_micro_batch]) for k in keys])  # [metrics, mb]
+        if kind == "sum":
+            local, op = stacked.sum(1), dist.ReduceOp.SUM
+        elif kind == "max":
+            local, op = stacked.amax(1), dist.ReduceOp.MAX
+        else:  # min as max of the negation: one op type fewer to trust on every backend
+            local, op = -stacked.amin(1), dist.ReduceOp.MAX
+        dist.all_reduce(local, op=op, group=group)
+        values = -local if kind == "min" else local
+        out.update({k: values[i].item() for i, k in enumerate(keys)})
+    return out

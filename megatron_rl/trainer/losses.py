@@ -24,9 +24,24 @@ def _tp_group():
     return ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
 
 
-def actor_loss_fn(algo: AlgorithmConfig, *, normalizer: torch.Tensor, temperature: float, vocab_size: int,
-                  backend: str = "auto", use_kl_loss: bool, use_is_weights: bool) -> Callable:
-    """Clipped-ratio policy loss (+ k-estimator KL to the reference, - entropy bonus) from logits."""
+def as_shares(metrics: dict, mask: torch.Tensor, token_count: torch.Tensor, shares: tuple[str, ...]) -> dict:
+    """Per-micro-batch metrics -> shares of the mini-batch value, which MegatronRole.train_step sums:
+    `shares` already are (numerator over the global normaliser), `_max` / `_min` are extremes, and
+    every other metric is a mean over this micro-batch's tokens, weighted here by its share of the
+    mini-batch's `token_count` tokens."""
+    weight = (mask != 0).sum() / token_count.clamp(min=1)
+    return {k: v if k in shares or k.endswith(("_max", "_min")) else v * weight for k, v in metrics.items()}
+
+
+def mini_batch_tokens(response_mask: torch.Tensor) -> torch.Tensor:
+    """The mini-batch's loss tokens (positions 1.. of the mask, as the losses see them)."""
+    return (response_mask[:, 1:] != 0).sum().float()
+
+
+def actor_loss_fn(algo: AlgorithmConfig, *, normalizer: torch.Tensor, token_count: torch.Tensor, temperature: float,
+                  vocab_size: int, backend: str = "auto", use_kl_loss: bool, use_is_weights: bool) -> Callable:
+    """Clipped-ratio policy loss (+ k-estimator KL to the reference, - entropy bonus) from logits.
+    `token_count`: the mini-batch's loss tokens (mini_batch_tokens), for the token-mean metrics."""
     from .. import kernels
 
     pl = algo.policy_loss
@@ -38,25 +53,27 @@ def actor_loss_fn(algo: AlgorithmConfig, *, normalizer: torch.Tensor, temperatur
             response_mask=shift("response_mask"), clip_low=pl.clip_low, clip_high=pl.clip_high,
             dual_clip=pl.dual_clip, ratio=pl.ratio, agg=algo.loss_agg,
             is_weights=shift("is_weights") if use_is_weights else None, normalizer=normalizer,
-            log_ratio_clamp=pl.log_ratio_clamp,
+            log_ratio_clamp=pl.log_ratio_clamp, seq_log_ratio_clamp=pl.seq_log_ratio_clamp,
             ref_logprob=shift("ref_logprobs") if use_kl_loss else None,
             kl_coef=algo.kl.coef if use_kl_loss else 0.0, kl_estimator=algo.kl.estimator,
             entropy_coef=algo.entropy_coef, temperature=temperature, tp_group=_tp_group(), vocab_size=vocab_size,
             backend=backend,
         )
-        return loss, metrics
+        return loss, as_shares(metrics, shift("response_mask"), token_count, shares=("pg_loss", "entropy", "kl_loss"))
 
     return loss_fn
 
 
-def critic_loss_fn(algo: AlgorithmConfig, *, normalizer: torch.Tensor) -> Callable:
-    """PPO's clipped value loss; the critic's output at position t - 1 values the state before x_t."""
+def critic_loss_fn(algo: AlgorithmConfig, *, normalizer: torch.Tensor, token_count: torch.Tensor) -> Callable:
+    """PPO's clipped value loss; the critic's output at position t - 1 values the state before x_t.
+    Its metrics are token-weighted over the micro-batches (vf_explained_var so only approximately:
+    a ratio of variances does not split into shares)."""
 
     def loss_fn(output: torch.Tensor, mb: dict):
         values = shift_values(output[..., 0])
         loss, metrics = A.value_loss(values, mb["values"], mb["returns"], mb["response_mask"], clip=algo.value.clip,
                                      agg=algo.loss_agg, normalizer=normalizer)
-        return algo.value.coef * loss, metrics
+        return algo.value.coef * loss, as_shares(metrics, mb["response_mask"], token_count, shares=())
 
     return loss_fn
 

@@ -37,11 +37,14 @@ Pair = tuple[list[int], list[int]]  # (prompt + chosen + EOS, prompt + rejected 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, *, margin: float = 0.0,
                        normalizer: Optional[float] = None) -> tuple[torch.Tensor, dict]:
     """sum over pairs of -log sigmoid(chosen - rejected - margin) / normalizer (default: the pair
-    count, i.e. the mean), and the metrics accuracy, margin, chosen, rejected (means over these pairs)."""
+    count, i.e. the mean), and the metrics accuracy, margin, chosen, rejected: sums over these pairs
+    / normalizer as well (means by default; with the global pair count, shares that sum to the
+    batch's means, as MegatronRole.train_step sums them)."""
     diff = chosen - rejected
-    loss = -F.logsigmoid(diff - margin).sum() / (diff.numel() if normalizer is None else normalizer)
-    return loss, {"accuracy": (diff > 0).to(diff.dtype).mean(), "margin": diff.mean(),
-                  "chosen": chosen.mean(), "rejected": rejected.mean()}
+    n = diff.numel() if normalizer is None else normalizer
+    loss = -F.logsigmoid(diff - margin).sum() / n
+    return loss, {"accuracy": (diff > 0).to(diff.dtype).sum() / n, "margin": diff.sum() / n,
+                  "chosen": chosen.sum() / n, "rejected": rejected.sum() / n}
 
 
 def last_token_rewards(output: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ from ..rewards.reward_model import RewardModelScorer
 from ..rollout.types import SamplingParams
 from .batch import build_batch, data_parallel_shard, mini_batches, pad_rows, trim_columns
 from .errors import from_rank0
-from .losses import actor_loss_fn, advantages_and_returns, critic_loss_fn, mini_batch_normalizer, shift_values
+from .losses import (actor_loss_fn, advantages_and_returns, critic_loss_fn, mini_batch_normalizer, mini_batch_tokens,
+                     shift_values)
 from .reward_model import IterativeRewardModel, check_batch_layout
 from .rollout_phase import collect_rollouts
 
@@ -227,20 +228,23 @@ class RLTrainer:
         for _ in range(algo.epochs):
             for mb in mini_batches(batch, rows_per_update, shuffle=True, generator=self.shuffle):
                 normalizer = mini_batch_normalizer(algo, mb["response_mask"], self.sampling.max_new_tokens)
+                tokens = mini_batch_tokens(mb["response_mask"])
                 if train_actor:
                     out = self.actor.train_step(self._micro(mb, cfg.actor.micro_batch_size), actor_loss_fn(
-                        algo, normalizer=normalizer, temperature=self._train_temperature(),
+                        algo, normalizer=normalizer, token_count=tokens, temperature=self._train_temperature(),
                         vocab_size=cfg.model.vocab_size, backend=cfg.model.kernels, use_kl_loss=self.use_kl_loss,
                         use_is_weights="is_weights" in mb), skip_nonfinite=cfg.trainer.skip_nonfinite)
                     for k, v in out.items():
                         totals.setdefault(f"actor/{k}", []).append(float(v))
                 if self.critic is not None:
                     out = self.critic.train_step(self._micro(mb, cfg.critic.micro_batch_size),
-                                                 critic_loss_fn(algo, normalizer=normalizer),
+                                                 critic_loss_fn(algo, normalizer=normalizer, token_count=tokens),
                                                  skip_nonfinite=cfg.trainer.skip_nonfinite)
                     for k, v in out.items():
                         totals.setdefault(f"critic/{k}", []).append(float(v))
-        metrics = {k: sum(v) / len(v) for k, v in totals.items()}
+        # over the step's updates: the mean of each update's value, the extremes of the extremes
+        reduce = lambda k, v: max(v) if k.endswith("_max") else min(v) if k.endswith("_min") else sum(v) / len(v)  # noqa: E731
+        metrics = {k: reduce(k, v) for k, v in totals.items()}
         for role in ("actor", "critic"):  # counts, not means
             if f"{role}/nonfinite_loss" in totals:
                 metrics[f"{role}/nonfinite_loss"] = float(sum(totals[f"{role}/nonfinite_loss"]))

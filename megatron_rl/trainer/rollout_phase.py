@@ -37,7 +37,8 @@ def collect_rollouts(engine, draw_prompts: Callable[[int], list], params: Sampli
                      num_prompts: int, runner, tokenizer, algo: AlgorithmConfig) -> RolloutResult:
     """Generate `num_prompts` groups of n samples and score them.
 
-    With dynamic sampling (DAPO), groups whose rewards all agree carry no gradient: they are dropped
+    With dynamic sampling (DAPO), groups whose scores (rewards + overlong shaping, what the
+    advantages are computed from) all agree carry no gradient: they are dropped
     and more prompts are drawn, up to `max_rounds` extra rounds; the batch is then cut to
     `num_prompts` groups (or left short, reported in the metrics, when the rounds run out).
     """
@@ -60,7 +61,7 @@ def collect_rollouts(engine, draw_prompts: Callable[[int], list], params: Sampli
             shaped = shaped + A.overlong_penalty(lengths, params.max_new_tokens, algo.overlong.buffer_len,
                                                  algo.overlong.penalty)
         group = torch.tensor([s.prompt_index for s in batch.samples])
-        informative = A.informative_group_mask(torch.tensor(rewards, dtype=torch.float32), group)
+        informative = A.informative_group_mask(shaped, group)  # what the advantages will see
         for g in range(len(items)):
             rows = (group == g).nonzero()[:, 0].tolist()
             entry = ([batch.samples[r] for r in rows], [shaped[r].item() for r in rows], [rewards[r] for r in rows])

@@ -83,7 +83,7 @@ def test_train_steps_match_transformers_at_tp2_dp2_pp2(tmp_path):
                                                recompute)):
             got = [s["loss"] for s in steps]
             assert all(abs(g - e) < 2e-5 for g, e in zip(got, expected)), (tp, pp, rank, got, expected)
-            assert steps[0]["tokens"] == mask[:, 1:].sum() / 4  # mean over the 4 micro-batch pieces
+            assert steps[0]["tokens"] == mask[:, 1:].sum()  # metrics are shares: summed over the 4 pieces
             # clipping uses the full norm (a TP-split weight counted on every TP rank, a replicated one once)
             assert all(abs(s["grad_norm"] - n) < 1e-4 * n for s, n in zip(steps, norms)), (tp, pp, steps, norms)
 

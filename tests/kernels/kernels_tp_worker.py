@@ -108,6 +108,24 @@ def _check_group(group, seed, device, backends):
             assert (local.grad == 0).all() and (hidden.grad == 0).all()
 
 
+def _check_unequal_shards(group, device, backends):
+    """Shards of 602 and 601 columns (1203 split unevenly): every backend raises on every rank (before
+    the check the logprob came out 12.8 off, silently)."""
+    import pytest
+
+    from megatron_rl.kernels import linear_logprobs_and_entropy, logprobs_and_entropy
+
+    rank = dist.get_rank(group)
+    n_local = 602 - rank % 2
+    labels = torch.zeros(3, dtype=torch.long, device=device)
+    for backend in backends:
+        with pytest.raises(ValueError, match="vocabulary shards differ in size"):
+            logprobs_and_entropy(torch.randn(3, n_local, device=device), labels, tp_group=group, backend=backend)
+        with pytest.raises(ValueError, match="vocabulary shards differ in size"):
+            linear_logprobs_and_entropy(torch.randn(3, 8, device=device), torch.randn(n_local, 8, device=device),
+                                        labels, tp_group=group, backend=backend)
+
+
 def run(rank, world_size, init_file, seed, device_type):
     # the interpreter choice must be made before triton is imported (the parent's env is inherited,
     # this keeps the worker right when started some other way)
@@ -120,6 +138,7 @@ def run(rank, world_size, init_file, seed, device_type):
         groups = [pairs[rank // 2], dist.group.WORLD]  # TP=2 and TP=4
         for group in groups:
             _check_group(group, seed, torch.device(device_type), backends=("triton", "reference"))
+        _check_unequal_shards(groups[0], torch.device(device_type), backends=("triton", "reference"))
         dist.barrier()
     finally:
         dist.destroy_process_group()

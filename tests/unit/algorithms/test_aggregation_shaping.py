@@ -19,10 +19,23 @@ def test_aggregate_hand_worked():
     assert aggregate(x, m, "token-mean").item() == pytest.approx(18 / 5)
     assert aggregate(x, m, "seq-mean-token-sum").item() == pytest.approx((3 + 15) / 2)
     assert aggregate(x, m, "seq-mean-token-mean").item() == pytest.approx((1.5 + 5) / 2)
-    assert aggregate(x, m, "seq-mean-token-sum-norm").item() == pytest.approx(18 / 3)  # / padded length
+    assert aggregate(x, m, "seq-mean-token-sum-norm").item() == pytest.approx(18 / (3 * 2))  # / (padded length * B)
     assert aggregate(x, m, "seq-mean-token-sum-norm", normalizer=8).item() == pytest.approx(18 / 8)
     with pytest.raises(ValueError, match="token-mean"):
         aggregate(x, m, "mean")
+
+
+def test_dr_grpo_keeps_the_mean_over_responses():
+    """Dr.GRPO: 1/G sum_i 1/L sum_t x_it with a constant L. Hand-worked: G = 4 responses of 1, 2, 3 and
+    0 valid tokens (the last one a filler row), L = 5: (1 + (2 + 3) + (4 + 5 + 6)) / 5 / 3 = 21 / 15.
+    The same batch twice is the same loss, not twice it (a sum over responses would double it)."""
+    x = torch.tensor([[1.0, 0, 0], [2, 3, 0], [4, 5, 6], [7, 8, 9]], dtype=f64)
+    m = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=f64)
+    norm = global_normalizer([m], "seq-mean-token-sum-norm", norm_len=5)
+    assert norm.item() == 15.0
+    assert aggregate(x, m, "seq-mean-token-sum-norm", norm).item() == pytest.approx(21 / 15)
+    doubled = global_normalizer([m, m], "seq-mean-token-sum-norm", norm_len=5)
+    assert aggregate(torch.cat([x, x]), torch.cat([m, m]), "seq-mean-token-sum-norm", doubled).item() == pytest.approx(21 / 15)
 
 
 def test_aggregate_ignores_fully_masked_rows_and_empty_batches():

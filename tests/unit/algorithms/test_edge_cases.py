@@ -112,12 +112,12 @@ def test_group_advantages_are_detached():
 def test_sum_norm_needs_a_global_constant():
     x = torch.ones(4, 8, dtype=f64)
     m = (torch.arange(8)[None] < torch.tensor([2, 3, 8, 5])[:, None]).to(f64)
-    whole = aggregate(x, m, "seq-mean-token-sum-norm")                        # 18 / 8 = 2.25
+    whole = aggregate(x, m, "seq-mean-token-sum-norm")                        # 18 / (8 * 4) = 0.5625
     ranks = [(x[:2, :3], m[:2, :3]), (x[2:], m[2:])]  # two DP ranks, each padded to its own longest
-    total = sum(aggregate(xs, ms, "seq-mean-token-sum-norm",
-                          normalizer=global_normalizer([ms], "seq-mean-token-sum-norm", norm_len=8)) for xs, ms in ranks)
-    assert total.item() == pytest.approx(whole.item())  # with the constant given, the split is exact
-    # leaving norm_len out would use each rank's own padding (3 and 8): the pieces would sum to 3.29
+    norm = global_normalizer([ms for _, ms in ranks], "seq-mean-token-sum-norm", norm_len=8)
+    total = sum(aggregate(xs, ms, "seq-mean-token-sum-norm", normalizer=norm) for xs, ms in ranks)
+    assert total.item() == pytest.approx(whole.item()) == pytest.approx(18 / 32)  # the split is exact
+    # leaving norm_len out would use each rank's own padding (3 and 8)
     with pytest.raises(ValueError):
         global_normalizer([m[:2, :3]], "seq-mean-token-sum-norm")
 

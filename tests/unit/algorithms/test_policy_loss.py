@@ -159,6 +159,19 @@ def test_log_ratio_is_clamped_before_exp():
     assert math.isfinite(loss.item()) and loss.item() == pytest.approx(math.exp(20.0))
 
 
+def test_gspo_sequence_log_ratio_is_clamped_at_10():
+    """GSPO: one sequence whose mean log-ratio is 30 with advantage -1. The sequence ratio is
+    exp(10) (verl's bound), not exp(20) = 4.9e8 as with the token clamp; the bound is configurable."""
+    logp, old, a, m = _inputs([30.0, 30.0], [-1.0, -1.0])
+    loss, _ = policy_loss(logp, old, a, m, ratio="sequence", agg="seq-mean-token-mean")
+    assert loss.item() == pytest.approx(math.exp(10.0))
+    loss, _ = policy_loss(logp, old, a, m, ratio="sequence", agg="seq-mean-token-mean", seq_log_ratio_clamp=5.0)
+    assert loss.item() == pytest.approx(math.exp(5.0))
+    # the token level keeps its own bound
+    loss, _ = policy_loss(logp, old, a, m, ratio="token", agg="seq-mean-token-mean")
+    assert loss.item() == pytest.approx(math.exp(20.0))
+
+
 def test_dual_clip_must_exceed_one():
     logp, old, a, m = _inputs([0.0], [1.0])
     with pytest.raises(ValueError, match="dual_clip"):

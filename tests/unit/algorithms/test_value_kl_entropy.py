@@ -51,6 +51,11 @@ def test_low_var_kl_is_clamped_and_k3_gradient():
     lp = torch.tensor([-30.0, 0.0], dtype=f64, requires_grad=True)
     ref = torch.tensor([0.0, 0.0], dtype=f64)
     assert kl_estimate(lp, ref, "low_var_kl").tolist() == pytest.approx([10.0, 0.0])
+    # verl's "k3" is the same clamped estimator (unclamped it was e^20 - 21 = 4.9e8 here)
+    assert kl_estimate(lp, ref, "k3").tolist() == pytest.approx([10.0, 0.0])
+    k = kl_estimate(lp, ref, "k3").sum()
+    k.backward()
+    assert lp.grad.tolist() == [0.0, 0.0]  # the saturated clamp passes no gradient
     lp2 = torch.tensor([0.3], dtype=f64, requires_grad=True)
     kl_estimate(lp2, torch.zeros(1, dtype=f64), "k3").sum().backward()
     assert lp2.grad.item() == pytest.approx(1 - math.exp(-0.3))  # d/dx (e^-x - 1 + x)

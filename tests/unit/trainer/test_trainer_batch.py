@@ -79,5 +79,5 @@ def test_values_shift_and_normalizer():
     tok = mini_batch_normalizer(AlgorithmConfig(loss_agg="token-mean"), mask, 16)
     seq = mini_batch_normalizer(AlgorithmConfig(loss_agg="seq-mean-token-mean"), mask, 16)
     norm = mini_batch_normalizer(AlgorithmConfig(loss_agg="seq-mean-token-sum-norm"), mask, 16)
-    assert (tok.item(), seq.item(), norm.item()) == (3.0, 2.0, 16.0)
+    assert (tok.item(), seq.item(), norm.item()) == (3.0, 2.0, 32.0)  # -norm: budget 16 x 2 sequences
     assert A.aggregate(torch.ones(2, 2), mask[:, 1:], "token-mean", tok).item() == 1.0
