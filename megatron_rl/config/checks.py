@@ -156,6 +156,15 @@ def dynamic_sampling_needs_groups(c: RunConfig, world: int):
 
 
 @rule
+def process_supervision_needs_step_rewards(c: RunConfig, world: int):
+    # the estimator exists (algorithms/advantages/process_supervision.py) but nothing in the loop
+    # marks step boundaries or asks the reward sources for one score per step yet
+    if c.algorithm.advantage == "grpo_process":
+        return ("algorithm.advantage 'grpo_process' is not built into the trainer yet (no step boundaries or "
+                "per-step rewards reach it): use 'grpo', or the estimator directly from megatron_rl.algorithms")
+
+
+@rule
 def dynamic_sampling_sees_rule_scores_only(c: RunConfig, world: int):
     # the filter runs on rank 0 before the reward model scores on every rank: it would keep or drop
     # groups on the rule-based part of a score the update does not train on alone
