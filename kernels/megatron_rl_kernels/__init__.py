@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -96,7 +96,8 @@ def clipped_policy_loss(logits: torch.Tensor, labels: torch.Tensor, *, old_logpr
                         ref_logprob: Optional[torch.Tensor] = None,
                         kl_coef: float = 0.0, kl_estimator: str = "low_var_kl", entropy_coef: float = 0.0,
                         temperature: float = 1.0, tp_group=None, ignore_index: int = -100,
-                        vocab_size: Optional[int] = None, return_per_token: bool = False, backend: str = "auto"):
+                        vocab_size: Optional[int] = None, return_per_token: bool = False, backend: str = "auto",
+                        objective: Optional[Callable] = None):
     """The clipped-ratio policy loss computed from logits [B, L, V_local] and labels [B, L].
 
     Equals megatron_rl.algorithms.policy_loss(logprob, old_logprob, advantages, response_mask, ...)
@@ -104,14 +105,17 @@ def clipped_policy_loss(logits: torch.Tensor, labels: torch.Tensor, *, old_logpr
     ref_logprob, kl_estimator))` and `- entropy_coef * aggregate(entropy)` (aggregated with `agg`
     and `normalizer`). Returns (loss, metrics): policy_loss's metrics plus pg_loss, entropy and,
     with ref_logprob, kl_loss; return_per_token=True adds a third element, detached [B, L]
-    logprob and entropy.
+    logprob and entropy. `objective`: another policy objective in place of the clipped ratio (an
+    entry of megatron_rl.algorithms.objectives with its parameters bound); the clip arguments are
+    then unused.
     """
     kwargs = dict(old_logprob=old_logprob, advantages=advantages, response_mask=response_mask, clip_low=clip_low,
                   clip_high=clip_high, dual_clip=dual_clip, ratio=ratio, agg=agg, is_weights=is_weights,
                   normalizer=normalizer, log_ratio_clamp=log_ratio_clamp,
                   seq_log_ratio_clamp=seq_log_ratio_clamp, ref_logprob=ref_logprob, kl_coef=kl_coef,
                   kl_estimator=kl_estimator, entropy_coef=entropy_coef, temperature=temperature, tp_group=tp_group,
-                  ignore_index=ignore_index, vocab_size=vocab_size, return_per_token=return_per_token)
+                  ignore_index=ignore_index, vocab_size=vocab_size, return_per_token=return_per_token,
+                  objective=objective)
     if resolve_backend(backend, logits) == "reference":
         fn = reference.clipped_policy_loss
     else:

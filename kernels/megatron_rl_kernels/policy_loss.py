@@ -27,11 +27,14 @@ def policy_loss_from_logprobs(
     log_ratio_clamp: float = 20.0, seq_log_ratio_clamp: float = 10.0, ref_logprob: Optional[torch.Tensor] = None, kl_coef: float = 0.0,
     kl_estimator: str = "low_var_kl", entropy_coef: float = 0.0, temperature: float = 1.0, tp_group=None,
     ignore_index: int = -100, vocab_size: Optional[int] = None, return_per_token: bool = False,
+    objective: Optional[Callable] = None,
 ):
-    """loss = policy_loss(logprob, ...) + kl_coef * aggregate(kl_estimate(logprob, ref_logprob))
+    """loss = objective(logprob, ...) + kl_coef * aggregate(kl_estimate(logprob, ref_logprob))
               - entropy_coef * aggregate(entropy), with logprob, entropy = logprobs_and_entropy(logits, labels).
 
-    Returns (loss, metrics) — policy_loss's metrics plus `pg_loss`, `entropy` (aggregated like the
+    objective defaults to algorithms.policy_loss with the clip arguments; any entry of
+    algorithms.objectives.POLICY_OBJECTIVES with its parameters bound can take its place.
+    Returns (loss, metrics) — the objective's metrics plus `pg_loss`, `entropy` (aggregated like the
     loss) and, with ref_logprob, `kl_loss` — and with return_per_token also a dict of detached
     [B, L] tensors: logprob, entropy.
     """
@@ -39,10 +42,14 @@ def policy_loss_from_logprobs(
         raise ValueError("kl_coef != 0 needs ref_logprob (the reference policy's log-probabilities)")
     logprob, entropy = logprobs_and_entropy(logits, labels, tp_group=tp_group, temperature=temperature,
                                             ignore_index=ignore_index, vocab_size=vocab_size)
-    pg_loss, metrics = policy_loss(logprob, old_logprob, advantages, response_mask, clip_low=clip_low,
-                                   clip_high=clip_high, dual_clip=dual_clip, ratio=ratio, agg=agg,
-                                   is_weights=is_weights, normalizer=normalizer, log_ratio_clamp=log_ratio_clamp,
-                                   seq_log_ratio_clamp=seq_log_ratio_clamp)
+    if objective is None:
+        pg_loss, metrics = policy_loss(logprob, old_logprob, advantages, response_mask, clip_low=clip_low,
+                                       clip_high=clip_high, dual_clip=dual_clip, ratio=ratio, agg=agg,
+                                       is_weights=is_weights, normalizer=normalizer, log_ratio_clamp=log_ratio_clamp,
+                                       seq_log_ratio_clamp=seq_log_ratio_clamp)
+    else:  # another objective of megatron_rl.algorithms.objectives, its parameters bound
+        pg_loss, metrics = objective(logprob, old_logprob, advantages, response_mask, agg=agg, is_weights=is_weights,
+                                     normalizer=normalizer)
     loss = pg_loss
     entropy_term = aggregate(entropy, response_mask, agg, normalizer)
     if entropy_coef:

@@ -156,6 +156,14 @@ def dynamic_sampling_needs_groups(c: RunConfig, world: int):
 
 
 @rule
+def clip_options_belong_to_ppo(c: RunConfig, world: int):
+    pl = c.algorithm.policy_loss
+    if pl.kind != "ppo" and (pl.dual_clip is not None or pl.ratio != "token"):
+        return (f"algorithm.policy_loss.kind '{pl.kind}' has its own trust region: dual_clip and ratio "
+                f"'{pl.ratio}' are options of kind 'ppo' (unset them, or set kind=ppo)")
+
+
+@rule
 def process_supervision_needs_step_rewards(c: RunConfig, world: int):
     # the estimator exists (algorithms/advantages/process_supervision.py) but nothing in the loop
     # marks step boundaries or asks the reward sources for one score per step yet

@@ -389,13 +389,41 @@ class RolloutConfig(Section):
     sglang: SGLangConfig = SGLangConfig()
 
 
+class CISPOConfig(Section):
+    is_high: float = Field(0.2, gt=0)  # the importance weight is capped at 1 + is_high
+    is_low: Optional[float] = Field(None, gt=0, lt=1)  # floor 1 - is_low; None: no floor (MiniMax-M1)
+
+
+class SAPOConfig(Section):
+    tau_pos: float = Field(1.0, gt=0)  # gate temperature for positive advantages (verl's default)
+    tau_neg: float = Field(1.05, gt=0)  # and for the others
+
+
+class GMPOConfig(Section):
+    clip_low: float = Field(0.4, gt=0)  # per-token log-ratio floor (A < 0), in log space
+    clip_high: float = Field(0.4, gt=0)  # per-token log-ratio cap (A > 0)
+
+
+class DPPOConfig(Section):
+    divergence: Literal["tv", "kl"] = "tv"
+    delta_low: float = Field(0.2, gt=0)  # region bounds (ours; tune them): probability shift for tv,
+    delta_high: float = Field(0.2, gt=0)  # binary KL for kl
+    anchor: Literal["rollout", "old"] = "rollout"  # the region's centre: engine logprobs or the trainer's pre-update ones
+    ratio_cap: float = Field(10.0, gt=1)  # cap on the detached importance weight p / p_anchor
+
+
 class PolicyLossConfig(Section):
+    kind: Literal["ppo", "cispo", "sapo", "gmpo", "dppo"] = "ppo"  # algorithms/objectives
     clip_low: float = Field(0.2, ge=0, lt=1)
     clip_high: float = Field(0.2, ge=0)
     dual_clip: Optional[float] = Field(None, gt=1)  # lower bound c > 1 on the loss of negative advantages
     ratio: RatioLevel = "token"  # token: PPO/GRPO; sequence: GSPO; sequence-token: GSPO-token
     log_ratio_clamp: float = Field(20.0, gt=0)  # token log-ratio, before exp
     seq_log_ratio_clamp: float = Field(10.0, gt=0)  # GSPO's sequence log-ratio (verl: 10)
+    cispo: CISPOConfig = CISPOConfig()
+    sapo: SAPOConfig = SAPOConfig()
+    gmpo: GMPOConfig = GMPOConfig()
+    dppo: DPPOConfig = DPPOConfig()
 
 
 class KLConfig(Section):

@@ -42,12 +42,19 @@ def actor_loss_fn(algo: AlgorithmConfig, *, normalizer: torch.Tensor, token_coun
                   vocab_size: int, backend: str = "auto", use_kl_loss: bool, use_is_weights: bool) -> Callable:
     """Clipped-ratio policy loss (+ k-estimator KL to the reference, - entropy bonus) from logits.
     `token_count`: the mini-batch's loss tokens (mini_batch_tokens), for the token-mean metrics."""
+    import functools
+
     from .. import kernels
+    from ..algorithms.objectives import objective_from_config
 
     pl = algo.policy_loss
+    base_objective = None if pl.kind == "ppo" else objective_from_config(pl)
 
     def loss_fn(logits: torch.Tensor, mb: dict):
         shift = lambda key: mb[key][:, 1:]  # noqa: E731  tensor at x_{t+1}, aligned with logits at t
+        objective = base_objective
+        if pl.kind == "dppo" and pl.dppo.anchor == "rollout":  # the region is centred on the engine's policy
+            objective = functools.partial(base_objective, anchor_logprob=shift("rollout_logprobs"))
         loss, metrics = kernels.clipped_policy_loss(
             logits[:, :-1], shift("input_ids"), old_logprob=shift("old_logprobs"), advantages=shift("advantages"),
             response_mask=shift("response_mask"), clip_low=pl.clip_low, clip_high=pl.clip_high,
@@ -57,7 +64,7 @@ def actor_loss_fn(algo: AlgorithmConfig, *, normalizer: torch.Tensor, token_coun
             ref_logprob=shift("ref_logprobs") if use_kl_loss else None,
             kl_coef=algo.kl.coef if use_kl_loss else 0.0, kl_estimator=algo.kl.estimator,
             entropy_coef=algo.entropy_coef, temperature=temperature, tp_group=_tp_group(), vocab_size=vocab_size,
-            backend=backend,
+            backend=backend, objective=objective,
         )
         return loss, as_shares(metrics, shift("response_mask"), token_count, shares=("pg_loss", "entropy", "kl_loss"))
 

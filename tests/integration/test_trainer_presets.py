@@ -45,7 +45,9 @@ def test_grpo_first_update_is_on_policy(tmp_path):
     ("dapo", ["algorithm.overlong.buffer_len=2", "algorithm.dynamic_sampling.max_rounds=1"]),
     ("gspo", []),
     ("drgrpo", []), ("rloo", []), ("reinforce_pp", []), ("reinforce_pp_baseline", []),
-], ids=["ppo-critic-pp2", "dapo", "gspo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"])
+    ("cispo", []), ("sapo", []), ("gmpo", []), ("dppo", []), ("icepop", []),
+], ids=["ppo-critic-pp2", "dapo", "gspo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline",
+        "cispo", "sapo", "gmpo", "dppo", "icepop"])
 def test_preset_trains(tmp_path, preset, overrides):
     cfg = write_config(tmp_path, preset, extra_yaml=EXACT_REWARD if preset == "dapo" else DENSE_REWARD)
     result = run_train(cfg, "trainer.total_steps=2", *overrides)
@@ -64,6 +66,11 @@ def test_preset_trains(tmp_path, preset, overrides):
         assert all(r["score/mean"] <= 0 for r in rows)  # overlong shaping: 4-token answers hit the limit
     if preset == "gspo":
         assert "actor/kl" not in rows[0]  # no reference model
+    if preset in ("cispo", "sapo", "gmpo", "dppo"):
+        _finite(rows, "actor/pg_clipfrac", "actor/ratio_mean", "actor/ratio_max")
+    if preset == "icepop":
+        _finite(rows, "mismatch/mismatch_masked_frac")
+        assert all(r["mismatch/mismatch_masked_frac"] == 0 for r in rows)  # fp32 engine = trainer: inside the band
 
 
 def test_grpo_learns_a_dense_reward(tmp_path):

@@ -65,6 +65,11 @@ def _preset(model, algorithm, write_yaml):
     ("reinforce_pp", dict(advantage="reinforce_plus_plus", critic=False, kl=("reward", "k1"), agg="token-mean")),
     ("reinforce_pp_baseline", dict(advantage="reinforce_plus_plus_baseline", critic=False, kl=("loss", "k2"),
                                    agg="token-mean")),
+    ("cispo", dict(advantage="grpo", critic=False, kl=("none", None), agg="token-mean")),
+    ("sapo", dict(advantage="grpo", critic=False, kl=("none", None), agg="seq-mean-token-mean")),
+    ("gmpo", dict(advantage="grpo", critic=False, kl=("none", None), agg="seq-mean-token-mean")),
+    ("dppo", dict(advantage="grpo", critic=False, kl=("none", None), agg="token-mean")),
+    ("icepop", dict(advantage="grpo", critic=False, kl=("loss", "low_var_kl"), agg="seq-mean-token-mean")),
 ])
 def test_algorithm_preset_says_what_it_is(name, expect, write_yaml):
     a = _preset("qwen2.5-0.5b", name, write_yaml)
@@ -86,6 +91,15 @@ def test_algorithm_preset_details(write_yaml):
     assert gspo.policy_loss.ratio == "sequence"
     assert (gspo.policy_loss.clip_low, gspo.policy_loss.clip_high) == (3e-4, 4e-4)
     assert _preset("qwen2.5-7b", "drgrpo", write_yaml).algorithm.norm_adv_by_std is False
+    objectives = {name: _preset("qwen2.5-7b", name, write_yaml).algorithm for name in ("cispo", "sapo", "gmpo", "dppo")}
+    assert {name: a.policy_loss.kind for name, a in objectives.items()} == {n: n for n in objectives}
+    assert (objectives["cispo"].policy_loss.cispo.is_high, objectives["cispo"].policy_loss.cispo.is_low) == (0.2, None)
+    assert (objectives["sapo"].policy_loss.sapo.tau_pos, objectives["sapo"].policy_loss.sapo.tau_neg) == (1.0, 1.05)
+    assert (objectives["gmpo"].policy_loss.gmpo.clip_low, objectives["gmpo"].policy_loss.gmpo.clip_high) == (0.4, 0.4)
+    assert objectives["dppo"].policy_loss.dppo.divergence == "tv" and objectives["dppo"].policy_loss.dppo.anchor == "rollout"
+    icepop = _preset("qwen2.5-7b", "icepop", write_yaml).algorithm
+    assert (icepop.policy_loss.kind, icepop.mismatch.mode, icepop.mismatch.level) == ("ppo", "mask", "token")
+    assert (icepop.mismatch.lower, icepop.mismatch.upper) == (0.5, 5.0)
     ppo = _preset("qwen2.5-7b", "ppo", write_yaml)
     assert ppo.algorithm.value.clip == 0.2 and ppo.algorithm.entropy_coef == 0.0
     assert ppo.algorithm.kl.coef == 0.001 and ppo.algorithm.kl.controller == "fixed"
