@@ -9,6 +9,7 @@ from .advantages import (ADVANTAGE_ESTIMATORS, discounted_returns, gae, group_re
                          process_supervision_advantages, reinforce_plus_plus_advantages,
                          reinforce_plus_plus_baseline_advantages)
 from .aggregation import LOSS_AGG_MODES, aggregate, global_normalizer, local_normalizer
+from .distillation import distillation_advantages
 from .entropy import entropy_from_logits
 from .filters import informative_group_mask
 from .kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_estimate, kl_penalty_rewards
@@ -21,6 +22,7 @@ from .value_loss import value_loss
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "KL_ESTIMATORS", "LOSS_AGG_MODES", "MISMATCH_LEVELS", "MISMATCH_MODES",
     "RATIO_LEVELS", "AdaptiveKLController", "FixedKLController", "aggregate", "discounted_returns",
+    "distillation_advantages",
     "entropy_from_logits", "gae", "global_normalizer", "group_relative_advantages",
     "informative_group_mask", "kl_estimate", "kl_penalty_rewards", "local_normalizer", "masked_mean",
     "masked_sum", "masked_var", "masked_whiten", "mismatch_importance_weights", "overlong_penalty",

@@ -165,11 +165,17 @@ def clip_options_belong_to_ppo(c: RunConfig, world: int):
 
 @rule
 def process_supervision_needs_step_rewards(c: RunConfig, world: int):
-    # the estimator exists (algorithms/advantages/process_supervision.py) but nothing in the loop
-    # marks step boundaries or asks the reward sources for one score per step yet
-    if c.algorithm.advantage == "grpo_process":
-        return ("algorithm.advantage 'grpo_process' is not built into the trainer yet (no step boundaries or "
-                "per-step rewards reach it): use 'grpo', or the estimator directly from megatron_rl.algorithms")
+    per_step = [i for i, s in enumerate(c.reward.sources) if s.per_step]
+    if c.algorithm.advantage == "grpo_process" and not per_step:
+        return ("algorithm.advantage 'grpo_process' needs a reward.sources entry with per_step: true (a python "
+                "function returning one score per step): add one, or use 'grpo'")
+    if per_step and c.algorithm.advantage != "grpo_process":
+        return (f"reward.sources[{per_step[0]}].per_step scores each step, which only algorithm.advantage "
+                "'grpo_process' uses: set it, or per_step=false")
+    wrong = [i for i in per_step if c.reward.sources[i].type != "python"]
+    if wrong:
+        return (f"reward.sources[{wrong[0]}].per_step: only sources of type python score per step: "
+                "set per_step=false there")
 
 
 @rule

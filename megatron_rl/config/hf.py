@@ -88,3 +88,41 @@ def fill_model_from_hf(model: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"model.hf_path: expected a directory path, got {hf_path!r}")
     from_hf = model_fields_from_hf(read_hf_config(hf_path), where=f"{hf_path}/config.json")
     return {**from_hf, **{k: v for k, v in model.items() if v is not None}}
+
+
+def side_model_config(path: str, policy, parallel, key: str, *, what: str, classifier: bool, hint: str):
+    """The ModelConfig of a model beside the policy (a reward model, a distillation teacher) from
+    `path`/config.json; dtype and kernels follow the policy. ConfigError naming `key` when the
+    checkpoint is missing, has the wrong head (a one-label *ForSequenceClassification when
+    `classifier`, else a *ForCausalLM), or does not split over the parallel layout. `hint`: how to
+    get a right one."""
+    from .schema import ModelConfig
+
+    config_json = Path(path).expanduser() / "config.json"
+    if not config_json.is_file():
+        raise ConfigError(f"{key}: no config.json in {path}: {hint}")
+    try:
+        hf = json.loads(config_json.read_text(encoding="utf-8"))
+        fields = model_fields_from_hf(hf, where=str(config_json))
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {str(exc).removeprefix('model.hf_path: ')}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot read {config_json}: {exc}") from None
+    arch = (hf.get("architectures") or ["?"])[0]
+    if classifier and (not arch.endswith("ForSequenceClassification") or hf.get("num_labels", 1) != 1):
+        raise ConfigError(f"{key}: {path} holds a {arch} (num_labels {hf.get('num_labels', 1)}), not a {what} "
+                          f"with one score: {hint}")
+    if not classifier and not arch.endswith("ForCausalLM"):
+        raise ConfigError(f"{key}: {path} holds a {arch}, not a causal language model: {hint}")
+    model = ModelConfig(**fields, hf_path=str(path), dtype=policy.dtype, kernels=policy.kernels)
+    tp, pp = parallel.tensor, parallel.pipeline
+    for name, value, by in (("num_attention_heads", model.num_attention_heads, tp),
+                            ("num_query_groups", model.num_query_groups, tp), ("num_layers", model.num_layers, pp)):
+        if value % by:
+            raise ConfigError(f"{key}: the {what}'s {name} {value} is not divisible by the parallel layout's "
+                              f"{'tensor' if by == tp else 'pipeline'} size {by}: use a {what} that splits "
+                              "over parallel.*")
+    if model.vocab_size != policy.vocab_size:
+        raise ConfigError(f"{key}: the {what}'s vocab_size {model.vocab_size} differs from the policy's "
+                          f"{policy.vocab_size}: it must use the policy's tokenizer")
+    return model

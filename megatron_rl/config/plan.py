@@ -423,7 +423,9 @@ def _roles(cfg: RunConfig) -> list[str]:
     if cfg.critic.enabled:
         roles.append("critic")
     if any(src.type == "reward_model" for src in cfg.reward.sources):
-        roles.append("reward")  # assumed the policy's shape (rewards/reward_model.py builds it per rank)
+        roles.append("reward")  # assumed the policy's shape (trainer/reward_model/scorer.py builds it per rank)
+    if cfg.distill.enabled:
+        roles.append("teacher")  # assumed the policy's shape; a larger teacher needs more than planned
     return roles
 
 

@@ -181,6 +181,24 @@ class ReferenceConfig(Section):
     reset_every: Optional[int] = Field(None, ge=1)  # copy actor -> reference every N steps (R1)
 
 
+class DistillConfig(Section):
+    """On-policy distillation: a frozen teacher (an HF *ForCausalLM with the policy's tokenizer) in
+    its own Megatron role scores the student's samples; per-token advantage coef * (log p_teacher -
+    log p_student), added to the algorithm's advantages or alone."""
+
+    enabled: bool = False
+    teacher_path: Optional[str] = None
+    coef: float = Field(1.0, gt=0)
+    mode: Literal["add", "alone"] = "add"  # alone: the task reward's advantages are not used
+
+    @model_validator(mode="after")
+    def _needs_a_teacher(self):
+        if self.enabled and not self.teacher_path:
+            raise ValueError("distill.enabled needs distill.teacher_path: a Hugging Face checkpoint directory of "
+                             "the teacher (same tokenizer as the policy)")
+        return self
+
+
 class RewardSource(Section):
     type: Literal["math", "format", "language", "python", "reward_model", "remote", "code"]
     weight: float = 1.0
@@ -190,6 +208,8 @@ class RewardSource(Section):
     # reward_model: none (default) = raw scores; running = (score - running mean) / running std over
     # every score seen so far (restarted when the model is retrained, rm.iterative)
     normalize: Optional[Literal["none", "running"]] = None
+    # python: one score per step of the response (process supervision, algorithm.advantage grpo_process)
+    per_step: bool = False
     # remote (docs/rewards.md): samples per POST, seconds per request, retries on connection errors / 5xx
     batch_size: Optional[int] = Field(None, ge=1)  # default 32
     request_timeout_s: Optional[float] = Field(None, gt=0)  # default 30
@@ -412,6 +432,12 @@ class DPPOConfig(Section):
     ratio_cap: float = Field(10.0, gt=1)  # cap on the detached importance weight p / p_anchor
 
 
+class ProcessConfig(Section):
+    """Process supervision (algorithm.advantage grpo_process): where a response's steps end."""
+
+    step_separator: str = Field("\n", min_length=1)  # a step ends with the token that completes it
+
+
 class PolicyLossConfig(Section):
     kind: Literal["ppo", "cispo", "sapo", "gmpo", "dppo"] = "ppo"  # algorithms/objectives
     clip_low: float = Field(0.2, ge=0, lt=1)
@@ -474,6 +500,7 @@ class AlgorithmConfig(Section):
     dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
     overlong: OverlongConfig = OverlongConfig()
     mismatch: MismatchConfig = MismatchConfig()
+    process: ProcessConfig = ProcessConfig()
     prompts_per_step: int = Field(32, ge=1)  # global batch, in prompts
     mini_batch_prompts: int = Field(32, ge=1)  # one optimizer step, in prompts
     epochs: int = Field(1, ge=1)  # passes over one rollout batch
@@ -577,6 +604,7 @@ class RunConfig(Section):
     trainer: TrainerConfig = TrainerConfig()
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()
+    distill: DistillConfig = DistillConfig()
 
     @model_validator(mode="after")
     def _reward_model_sources(self):

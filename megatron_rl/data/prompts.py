@@ -378,3 +378,17 @@ class PromptDataset:
 
     def __repr__(self) -> str:
         return f"PromptDataset({len(self)} prompts from {self.source or '<memory>'})"
+
+
+def check_same_tokenizer(path: str, policy_tokenizer_path: Optional[str], key: str, *, what: str) -> None:
+    """A model beside the policy (the `what`: a reward model, a distillation teacher) reads the
+    policy's token ids: when its checkpoint has a tokenizer, it must be the policy's."""
+    has_tokenizer = any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+    if not has_tokenizer or policy_tokenizer_path is None:
+        return  # nothing to compare beyond the vocab size (the caller checks it)
+    mine, theirs = load_tokenizer(path).get_vocab(), load_tokenizer(policy_tokenizer_path).get_vocab()
+    if mine != theirs:
+        differ = sorted(set(mine.items()) ^ set(theirs.items()))[:1]
+        raise ConfigError(f"{key}: the {what}'s tokenizer ({path}) differs from the policy's "
+                          f"({policy_tokenizer_path}; first difference {differ}): the {what} reads the "
+                          "policy's token ids, so it must use the policy's tokenizer (data.tokenizer)")

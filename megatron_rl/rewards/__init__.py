@@ -7,8 +7,9 @@
 
 `REWARD_SOURCES` maps `reward.sources[i].type` to the source class; each class builds itself with
 `from_source(source, key)`. Types of the schema missing from it (NOT_SUPPORTED) are not built yet
-and fail at build time. `reward_model` is registered but scored by the trainer on its own ranks
-(`rewards/reward_model.py`, docs/reward_model.md), so the runner leaves it out. See docs/rewards.md.
+and fail at build time. `reward_model` is registered as ScoredByTrainer: the trainer builds and
+scores it on its own ranks (megatron_rl/trainer/reward_model/, docs/reward_model.md), so the runner
+leaves it out. See docs/rewards.md.
 
 Imports stay light: math-verify is imported by the math source on its first use (in the workers).
 """
@@ -23,8 +24,12 @@ from .language import LanguageReward
 from .math import MathReward
 from .python_fn import PythonFunctionReward
 from .remote import RemoteReward
-from .reward_model import NoWorkerRewards, RewardModelScorer
-from .runner import RewardRunner
+from .runner import NoWorkerRewards, RewardRunner
+
+
+class ScoredByTrainer:
+    """A source type the reward runner leaves out: a sharded model the trainer scores on its own
+    ranks (`reward_model`: megatron_rl.trainer.reward_model.RewardModelScorer)."""
 
 REWARD_SOURCES: dict[str, Any] = {
     "math": MathReward,
@@ -33,7 +38,7 @@ REWARD_SOURCES: dict[str, Any] = {
     "python": PythonFunctionReward,
     "remote": RemoteReward,  # batched: one POST per chunk of batch_size samples
     "code": CodeReward,  # runs the response's program in a sandboxed subprocess
-    "reward_model": RewardModelScorer,  # scored on the trainer's ranks, not in the workers
+    "reward_model": ScoredByTrainer,  # scored on the trainer's ranks, not in the workers
 }
 
 # in the schema, not built yet (a later issue)
@@ -70,8 +75,8 @@ def build_reward_functions(cfg: Any, prefix: str = "reward") -> list[tuple[str, 
     for index, source in enumerate(cfg.sources):
         key = f"{prefix}.sources[{index}]"
         cls = REWARD_SOURCES.get(source.type)
-        if getattr(cls, "scored_by_trainer", False):
-            continue  # a reward model: the trainer scores it on its own ranks (rewards/reward_model.py)
+        if cls is ScoredByTrainer:
+            continue  # a reward model: the trainer scores it on its own ranks (trainer/reward_model/)
         if cls is None:
             raise ConfigError(
                 f"{key}.type: '{source.type}' is not supported by the trainer yet: use "

@@ -23,6 +23,9 @@ class RewardInput:
     answer: Optional[str] = None
     finish_reason: str = "stop"  # stop | length | abort (the rollout engine's finish reason)
     metadata: dict[str, Any] = field(default_factory=dict)  # the dataset row's extra fields
+    # process supervision (algorithm.advantage grpo_process): the response cut into its steps
+    # (algorithm.process.step_separator kept at the end of each step but the last); empty otherwise
+    steps: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -50,6 +53,9 @@ class RewardResult:
     errors: list[Optional[str]]
     source_scores: dict[str, list[float]]
     metrics: dict[str, float]
+    # with per-step sources: per input, one reward per step (the weighted per-step scores, plus the
+    # other sources' weighted sum on the last step); None without them
+    step_scores: Optional[list[list[float]]] = None
 
 
 def as_score(value: Any, what: str) -> float:
@@ -65,3 +71,13 @@ def as_score(value: Any, what: str) -> float:
     if not math.isfinite(out):
         raise ValueError(f"{what} returned {out}, expected a finite number")
     return out
+
+
+def as_step_scores(value: Any, n_steps: int, what: str) -> list[float]:
+    """A per-step source's return value: one finite float per step of the response, else raises."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{what} returned {type(value).__name__} {value!r:.60}, expected a list of {n_steps} "
+                        "step scores (per_step source)")
+    if len(value) != n_steps:
+        raise ValueError(f"{what} returned {len(value)} step scores for a response of {n_steps} steps")
+    return [as_score(v, what) for v in value]

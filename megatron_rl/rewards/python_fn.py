@@ -8,10 +8,11 @@ cannot call fails then, with a one-line `ConfigError` naming `reward.sources[i].
 
 Calling convention: the function is called with keyword arguments taken from the sample,
 
-    fn(prompt=str, response=str, answer=Optional[str], finish_reason=str, metadata=dict)
+    fn(prompt=str, response=str, answer=Optional[str], finish_reason=str, metadata=dict, steps=tuple)
 
 passing only the ones its signature names (all of them when it takes **kwargs), so
-`def score(response, answer): ...` works. It returns a float (a bool or an int is fine: True -> 1.0).
+`def score(response, answer): ...` works. It returns a float (a bool or an int is fine: True -> 1.0);
+with `per_step: true` (process supervision) it returns one float per entry of `steps`.
 Raising, returning something else, NaN or inf marks the sample failed for this source (it scores 0
 there) without stopping the run; so does running longer than `reward.timeout_s`.
 
@@ -28,9 +29,9 @@ import os
 import sys
 from typing import Any, Callable
 
-from .base import RewardInput, as_score
+from .base import RewardInput, as_score, as_step_scores
 
-ARGUMENTS = ("prompt", "response", "answer", "finish_reason", "metadata")
+ARGUMENTS = ("prompt", "response", "answer", "finish_reason", "metadata", "steps")
 
 
 class ResolveError(Exception):
@@ -126,27 +127,29 @@ def call_plan(fn: Callable, path: str) -> tuple[str, ...]:
 class PythonFunctionReward:
     """Source `python`: calls a user function (see the module docstring for the convention)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, per_step: bool = False):
         self.path = normalize_path(path)
         self.fn = resolve(self.path)
         self.arguments = call_plan(self.fn, self.path)
         self.name = "python"
+        self.per_step = per_step  # one score per step of the response (process supervision)
 
     def __getstate__(self):
-        return {"path": self.path}
+        return {"path": self.path, "per_step": self.per_step}
 
     def __setstate__(self, state):
-        self.__init__(state["path"])  # re-import in the worker process
+        self.__init__(state["path"], state.get("per_step", False))  # re-import in the worker process
 
-    def __call__(self, inp: RewardInput) -> float:
+    def __call__(self, inp: RewardInput):
         kwargs = {name: getattr(inp, name) for name in self.arguments}
-        return as_score(self.fn(**kwargs), self.path)
+        value = self.fn(**kwargs)
+        return as_step_scores(value, len(inp.steps), self.path) if self.per_step else as_score(value, self.path)
 
     @classmethod
     def from_source(cls, source: Any, key: str) -> "PythonFunctionReward":
         from megatron_rl.config.errors import ConfigError
 
         try:
-            return cls(source.path)
+            return cls(source.path, per_step=bool(getattr(source, "per_step", False)))
         except ResolveError as exc:
             raise ConfigError(f"{key}.path: {exc}") from None

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Optional, Sequence
 
-from .base import RewardFunction, RewardInput, RewardResult, as_score
+from .base import RewardFunction, RewardInput, RewardResult, as_score, as_step_scores
 
 logger = logging.getLogger("megatron_rl.rewards")
 
@@ -117,7 +117,10 @@ def _run_call(fn: RewardFunction, inp: RewardInput, timeout_s: float) -> tuple[s
             value = fn(inp)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        return "ok", as_score(value, getattr(fn, "name", "reward"))
+        name = getattr(fn, "name", "reward")
+        if getattr(fn, "per_step", False):  # a list, one score per step (validated by the source)
+            return "ok", as_step_scores(value, len(inp.steps), name)
+        return "ok", as_score(value, name)
     except CallTimeout:
         return "timeout", f"timed out after {timeout_s:g} s"
     except BaseException as exc:  # noqa: BLE001 - SystemExit from user code is a failed call too
@@ -254,6 +257,9 @@ class RewardRunner:
         self._batched = [callable(getattr(fn, "score_batch", None)) for fn in fns]
         self._batch_sizes = [max(1, int(getattr(fn, "batch_size", None) or 32)) for fn in fns]
         self._timeouts = [float(getattr(fn, "call_timeout_s", None) or self.timeout_s) for fn in fns]
+        self._per_step = [bool(getattr(fn, "per_step", False)) for fn in fns]
+        if any(p and b for p, b in zip(self._per_step, self._batched)):
+            raise ValueError("a batched source (score_batch) cannot score per step")
         self._payload = pickle.dumps(fns)
         self._workers: list[_Worker] = []
         self._batch = 0
@@ -327,7 +333,7 @@ class RewardRunner:
                 return
             status[i][j] = st
             if st == "ok":
-                values[i][j] = float(value)
+                values[i][j] = list(value) if isinstance(value, list) else float(value)  # a list: per-step
             else:
                 messages[i][j] = str(value)
 
@@ -436,7 +442,8 @@ class RewardRunner:
                 for w in [w for w in self._workers if w.calls]:
                     self._workers.remove(w)
                     _kill(w)
-        return self._result(values, status, messages, restarts, time.monotonic() - t0)
+        return self._result(values, status, messages, restarts, time.monotonic() - t0,
+                            steps=[len(inp.steps) for inp in inputs])
 
     @staticmethod
     def _requeue(worker: _Worker, queue: collections.deque) -> None:
@@ -451,9 +458,25 @@ class RewardRunner:
                 for key, js in rest.items()
             ])
 
-    def _result(self, values, status, messages, restarts: int, elapsed: float) -> RewardResult:
+    def _result(self, values, status, messages, restarts: int, elapsed: float, steps: Sequence[int]) -> RewardResult:
+        """`steps`: each input's number of steps (per-step sources score each; a failed call scores 0s)."""
         n, names = len(values), self.names
+        per_step = self._per_step
+        step_values = [[row[j] if isinstance(row[j], list) else [0.0] * steps[i] if per_step[j] else None
+                        for j in range(len(names))] for i, row in enumerate(values)]
+        # a per-step source's scalar is the mean of its step scores (reward/mean, accuracy, filters)
+        values = [[sum(v) / len(v) if isinstance(v, list) and v else 0.0 if isinstance(v, list) else v for v in row]
+                  for row in values]
         scores = [sum(w * v for w, v in zip(self.weights, row)) for row in values]
+        step_scores = None
+        if any(per_step):
+            step_scores = []
+            for i, row in enumerate(step_values):
+                outcome = sum(w * values[i][j] for j, w in enumerate(self.weights) if not per_step[j])
+                rewards = [sum(w * row[j][k] for j, w in enumerate(self.weights) if per_step[j]) for k in range(steps[i])]
+                if rewards:
+                    rewards[-1] += outcome
+                step_scores.append(rewards)
         failed = [any(st != "ok" for st in row) for row in status]
         errors = [
             next((f"{names[j]}: {m}" for j, m in enumerate(row) if m is not None), None) for row in messages
@@ -474,7 +497,8 @@ class RewardRunner:
             metrics[f"reward/{name}_failed"] = float(sum(row[j] != "ok" for row in status))
         if any(failed):
             logger.warning(self._summary(status, messages, sum(failed), n, restarts))
-        return RewardResult(scores=scores, failed=failed, errors=errors, source_scores=source_scores, metrics=metrics)
+        return RewardResult(scores=scores, failed=failed, errors=errors, source_scores=source_scores, metrics=metrics,
+                            step_scores=step_scores)
 
     def _summary(self, status, messages, n_failed: int, n: int, restarts: int) -> str:
         parts = []
@@ -490,3 +514,15 @@ class RewardRunner:
                 parts.append(f"{name}: {', '.join(bits)}")
         tail = f"; restarted {restarts} worker{'s' if restarts != 1 else ''}" if restarts else ""
         return f"reward: {n_failed} of {n} samples failed ({'; '.join(parts)}{tail})"
+
+
+class NoWorkerRewards:
+    """The reward runner of a run whose only source is the reward model: every rule-based sum is 0."""
+
+    def score(self, inputs: Sequence[RewardInput]) -> RewardResult:
+        n = len(inputs)
+        return RewardResult(scores=[0.0] * n, failed=[False] * n, errors=[None] * n, source_scores={},
+                            metrics={"reward/failed": 0.0, "reward/timeouts": 0.0})
+
+    def close(self) -> None:
+        pass

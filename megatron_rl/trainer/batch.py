@@ -10,28 +10,40 @@ further communication, and each data-parallel rank trains on its own rows of eac
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..models.forward import select_rows
 from ..rollout.types import Sample
 
 
-def build_batch(samples: list[Sample], scores: list[float], *, pad_id: int = 0) -> dict:
-    """The step's tensors from the samples (in group order) and their scalar scores."""
+def build_batch(samples: list[Sample], scores: list[float], *, pad_id: int = 0,
+                step_ends: Optional[list[list[int]]] = None, step_scores: Optional[list[list[float]]] = None) -> dict:
+    """The step's tensors from the samples (in group order) and their scalar scores. With step_ends
+    and step_scores (process supervision) each step's reward sits on its last token, marked in
+    `step_end_mask`, instead of the scalar score on the response's last token."""
     rows = [s.prompt_ids + s.response_ids for s in samples]
     batch, seq = len(rows), max(map(len, rows))
     input_ids = torch.full((batch, seq), pad_id, dtype=torch.long)
     response_mask = torch.zeros(batch, seq)
     rollout_logprobs = torch.zeros(batch, seq)
     token_rewards = torch.zeros(batch, seq)
+    step_end_mask = torch.zeros(batch, seq)
     for r, (s, row) in enumerate(zip(samples, rows)):
         start, end = len(s.prompt_ids), len(row)
         input_ids[r, :end] = torch.tensor(row)
         response_mask[r, start:end] = 1.0
         if s.response_ids:
             rollout_logprobs[r, start:end] = torch.tensor(s.logprobs, dtype=torch.float32)
-            token_rewards[r, end - 1] = scores[r]  # outcome reward on the last response token
-    return {
+            if step_ends is None:
+                token_rewards[r, end - 1] = scores[r]  # outcome reward on the last response token
+            else:
+                at = torch.tensor(step_ends[r], dtype=torch.long) + start
+                token_rewards[r, at] = torch.tensor(step_scores[r], dtype=torch.float32)
+                step_end_mask[r, at] = 1.0
+    extra = {"step_end_mask": step_end_mask} if step_ends is not None else {}
+    return {**extra,
         "input_ids": input_ids,
         "response_mask": response_mask,
         "rollout_logprobs": rollout_logprobs,

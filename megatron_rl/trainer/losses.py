@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import algorithms as A
-from ..config.schema import AlgorithmConfig
+from ..config.schema import AlgorithmConfig, DistillConfig
 
 
 def _tp_group():
@@ -95,8 +95,11 @@ def mini_batch_normalizer(algo: AlgorithmConfig, response_mask: torch.Tensor, ma
     return A.global_normalizer([response_mask[:, 1:]], algo.loss_agg, norm_len=max_new_tokens)
 
 
-def advantages_and_returns(algo: AlgorithmConfig, batch: dict, *, kl_coef: Optional[float]) -> tuple[dict, dict]:
-    """Token rewards (with the KL penalty when it is placed in the reward) -> advantages, returns."""
+def advantages_and_returns(algo: AlgorithmConfig, batch: dict, *, kl_coef: Optional[float],
+                           distill: Optional[DistillConfig] = None) -> tuple[dict, dict]:
+    """Token rewards (with the KL penalty when it is placed in the reward) -> advantages, returns;
+    with `distill`, the on-policy distillation term (batch["teacher_logprobs"]) added to the
+    advantages, or in their place (mode alone)."""
     token_rewards, metrics = batch["token_rewards"], {}
     if kl_coef is not None:  # PPO: r_t - beta * KL_t
         token_rewards, batch_kl = A.kl_penalty_rewards(token_rewards, batch["old_logprobs"], batch["ref_logprobs"],
@@ -105,9 +108,14 @@ def advantages_and_returns(algo: AlgorithmConfig, batch: dict, *, kl_coef: Optio
     adv, returns = A.ADVANTAGE_ESTIMATORS[algo.advantage](
         token_rewards=token_rewards, response_mask=batch["response_mask"], values=batch.get("values"),
         group_index=batch["group_index"], gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages,
-        norm_by_std=algo.norm_adv_by_std,
+        norm_by_std=algo.norm_adv_by_std, step_end_mask=batch.get("step_end_mask"),
     )
     mask = batch["response_mask"]
+    if distill is not None:
+        distilled, reverse_kl = A.distillation_advantages(batch["old_logprobs"], batch["teacher_logprobs"], mask,
+                                                          coef=distill.coef)
+        adv = distilled if distill.mode == "alone" else adv + distilled
+        metrics["distill/reverse_kl"] = reverse_kl.item()
     metrics["actor/advantage_mean"] = A.masked_mean(adv, mask).item()
     metrics["actor/advantage_abs_max"] = (adv.abs() * mask).max().item()
     return {"advantages": adv, "returns": returns}, metrics

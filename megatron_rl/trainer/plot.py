@@ -1,4 +1,5 @@
-"""Training curves from a metrics JSONL file (written by trainer.tracking.Tracker) as one PNG.
+"""Training curves from a metrics JSONL file (written by trainer.tracking.Tracker) as one PNG, and
+the reader of that file (`load_metrics`); this module does not import the tracker.
 
 A grid of small panels, one per main curve present in the file, x = step; train records are drawn
 as lines, eval records as markers. Keys absent from the file are skipped; NaN / inf (stored as
@@ -7,12 +8,11 @@ no display needed, the caller's backend untouched).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
-
-from .tracking import load_metrics
 
 # Each panel overlays the keys of one tuple; the panel title is the keys present, joined by " + ".
 DEFAULT_PANELS: tuple[tuple[str, ...], ...] = (
@@ -28,6 +28,23 @@ DEFAULT_PANELS: tuple[tuple[str, ...], ...] = (
 )
 
 PanelSpec = Union[str, Sequence[str]]
+
+
+def load_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics JSONL file; blank or partial lines (a killed writer) are skipped."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def _finite(value) -> Optional[float]:

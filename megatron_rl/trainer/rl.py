@@ -24,13 +24,13 @@ import torch.distributed as dist
 from .. import algorithms as A
 from ..config import ConfigError
 from ..config.schema import RunConfig
-from ..rewards.reward_model import RewardModelScorer
 from ..rollout.types import SamplingParams
 from .batch import build_batch, data_parallel_shard, mini_batches, pad_rows, trim_columns
+from .distill import build_teacher
 from .errors import from_rank0
 from .losses import (actor_loss_fn, advantages_and_returns, critic_loss_fn, mini_batch_normalizer, mini_batch_tokens,
                      shift_values)
-from .reward_model import IterativeRewardModel, check_batch_layout
+from .reward_model import IterativeRewardModel, RewardModelScorer, check_batch_layout
 from .rollout_phase import collect_rollouts
 
 class RLTrainer:
@@ -63,13 +63,14 @@ class RLTrainer:
         if self.use_kl_loss or self.use_kl_reward:
             self.reference = MegatronRole.build("reference", cfg.model, cfg.parallel, hf_path=hf)
             self.reference.copy_weights_from(self.actor)  # identical at the start, also without hf_path
+        self.teacher = build_teacher(cfg)  # on-policy distillation (trainer/distill.py)
         self.critic = None
         if cfg.critic.enabled and cfg.critic.init_from == "reward":
             raise ConfigError("critic.init_from 'reward' is not supported yet: set critic.init_from=actor")
         if cfg.critic.enabled:
             self.critic = MegatronRole.build("critic", cfg.model, cfg.parallel, cfg.critic.optim,
                                              total_steps=total_updates, hf_path=hf)
-        # a reward_model source is scored on these ranks (rewards/reward_model.py); rm.iterative retrains it
+        # a reward_model source is scored on these ranks (trainer/reward_model/); rm.iterative retrains it
         iterative = cfg.rm.iterative
         if iterative.enabled:
             check_batch_layout(cfg.rm, self.dp)
@@ -124,10 +125,12 @@ class RLTrainer:
         cfg, algo, times = self.cfg, self.cfg.algorithm, {}
         with _timed(times, "rollout"):
             rollout = self._rollout()
-        batch = build_batch(rollout.samples, rollout.scores, pad_id=self.pad_id)
+        batch = build_batch(rollout.samples, rollout.scores, pad_id=self.pad_id, step_ends=rollout.step_ends,
+                            step_scores=rollout.step_scores)
         with _timed(times, "score"):
             reward_model_metrics = self._score(batch)
-        advantages, metrics = advantages_and_returns(algo, batch, kl_coef=self.kl_ctl.value if self.use_kl_reward else None)
+        advantages, metrics = advantages_and_returns(algo, batch, kl_coef=self.kl_ctl.value if self.use_kl_reward else None,
+                                                     distill=cfg.distill if self.teacher is not None else None)
         metrics.update(reward_model_metrics)
         batch.update(advantages)
         if algo.mismatch.mode != "none":
@@ -192,7 +195,7 @@ class RLTrainer:
 
     @torch.no_grad()
     def _score(self, batch: dict) -> dict:
-        """Old (pre-update) actor logprobs, reference logprobs, values and reward-model scores for
+        """Old (pre-update) actor logprobs, reference and teacher logprobs, values and reward-model scores for
         every row: each data-parallel rank scores its share, then the shares are gathered. The reward
         model's (weighted) score joins the rule-based one in `scores` and `token_rewards`."""
         rows, mbs = batch["input_ids"].shape[0], self.cfg.actor.micro_batch_size
@@ -202,6 +205,8 @@ class RLTrainer:
         scored = {"old_logprobs": self.actor.score(shard, micro_batch_size=mbs, temperature=temperature)["logprobs"]}
         if self.reference is not None:
             scored["ref_logprobs"] = self.reference.score(shard, micro_batch_size=mbs, temperature=temperature)["logprobs"]
+        if self.teacher is not None:
+            scored["teacher_logprobs"] = self.teacher.score(shard, micro_batch_size=mbs, temperature=temperature)["logprobs"]
         if self.critic is not None:
             raw = self.critic.score(shard, micro_batch_size=self.cfg.critic.micro_batch_size)["values"]
             scored["values"] = shift_values(raw) * shard["response_mask"]
@@ -292,18 +297,18 @@ class RLTrainer:
 
     # ================================================================== rank 0: data, evaluation, metrics
     def _setup_rank0(self) -> tuple[int, int]:
-        from ..data import PromptDataset, PromptSampler, load_tokenizer
+        from ..data import PromptDataset, PromptSampler
         from ..rewards import build_reward_runner
         from ..rollout.factory import build_rollout_engine
+        from .setup import run_tokenizer
 
         cfg = self.cfg
-        self.tokenizer = load_tokenizer(cfg.data.tokenizer or cfg.model.hf_path)
+        self.tokenizer, pad_id = run_tokenizer(cfg)
         self.train_data = PromptDataset.from_config(cfg.data, self.tokenizer, split="train")
         if cfg.data.eval_path:
             self.eval_data = PromptDataset.from_config(cfg.data, self.tokenizer, split="eval")
         self.sampler = PromptSampler(len(self.train_data), shuffle=cfg.data.shuffle, seed=cfg.run.seed)
         self.runner = build_reward_runner(cfg.reward)
-        pad_id = self.tokenizer.pad_token_id  # load_tokenizer made EOS the pad when there was none
         self.engine = build_rollout_engine(cfg.rollout, cfg.model, rank=0, hf_path=cfg.model.hf_path,
                                            seed=cfg.run.seed, output_dir=str(self.output_dir),
                                            decode=self.tokenizer.decode, pad_token_id=pad_id)

@@ -45,33 +45,28 @@ def run_sft(cfg: RunConfig) -> dict:
     from megatron.core import parallel_state as ps
 
     from .. import kernels
-    from ..data import DataError, PromptDataset, PromptSampler, load_tokenizer
+    from ..data import DataError, PromptDataset, PromptSampler
     from ..data.prompts import export_tokenizer
     from ..models.forward import split_micro_batches
     from ..models.hf_io import save_hf
     from ..models.role import MegatronRole
     from ..parallel import init_parallel
-    from .tracking import Tracker
+    from .setup import run_tokenizer, stage_tracker
 
     s = cfg.sft
     if not s.train_path:
         raise DataError("sft.train_path is not set: point it at a JSONL or Parquet file of prompt/response rows")
     init_parallel(cfg.parallel, seed=cfg.run.seed)
     rank0, dp, dp_rank = dist.get_rank() == 0, ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    tokenizer = load_tokenizer(cfg.data.tokenizer or cfg.model.hf_path)
+    tokenizer, pad_id = run_tokenizer(cfg)
     data_cfg = cfg.data.model_copy(update={"train_path": s.train_path})
     dataset = PromptDataset.from_config(data_cfg, tokenizer, split="train")
     sampler = PromptSampler(len(dataset), shuffle=True, seed=cfg.run.seed)  # the same order on every rank
-    pad_id = tokenizer.pad_token_id  # load_tokenizer made EOS the pad when there was none
     actor = MegatronRole.build("actor", cfg.model, cfg.parallel, s.optim, total_steps=s.steps,
                                hf_path=cfg.model.hf_path, recompute=cfg.actor.recompute)
     tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
     out_dir = Path(s.output_dir)
-    tracker = None
-    if rank0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tracker = Tracker(cfg.logging.model_copy(update={"log_every": s.log_every}), str(out_dir),
-                          total_steps=s.steps, run_name=f"{cfg.run.name}-sft", desc="sft")
+    tracker = stage_tracker(cfg, s.output_dir, steps=s.steps, log_every=s.log_every, stage="sft", rank0=rank0)
 
     for step in range(1, s.steps + 1):
         rows = sft_rows([dataset[i] for i in sampler.next_indices(s.batch_size)], tokenizer, s.response_key,

@@ -86,23 +86,6 @@ def _fmt(value: Any) -> str:
     return f"{x:.4g}"
 
 
-def load_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics JSONL file; blank or partial lines (a killed writer) are skipped."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
-
-
 def truncate_metrics(path: Path, start_step: int) -> None:
     """Keep only the lines with step <= start_step (and well-formed); atomic rewrite."""
     if not path.exists():

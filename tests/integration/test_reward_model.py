@@ -155,7 +155,7 @@ def test_rm_starts_from_a_causal_lm(tmp_path):
 def test_bad_reward_model_inputs_end_in_one_line(tmp_path):
     from megatron_rl.config import ConfigError
     from megatron_rl.config.schema import ModelConfig, ParallelConfig
-    from megatron_rl.rewards.reward_model import reward_model_config
+    from megatron_rl.trainer.reward_model import reward_model_config
 
     policy = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, vocab_size=64)
     with pytest.raises(ConfigError, match=r"^reward.sources\[1\].path: no config.json in .*megatron-rl rm"):

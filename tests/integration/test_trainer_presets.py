@@ -42,7 +42,9 @@ def test_grpo_first_update_is_on_policy(tmp_path):
 
 @pytest.mark.parametrize("preset,overrides", [
     ("ppo", ["parallel.tensor=1", "parallel.pipeline=2"]),  # critic, GAE, KL in the reward; pipeline parallel
-    ("dapo", ["algorithm.overlong.buffer_len=2", "algorithm.dynamic_sampling.max_rounds=1"]),
+    # the filter decides on the shaped scores: without a penalty every group of an untrained model
+    # ties at 0 (the overlong shaping's part is tests/unit/trainer/test_rollout_phase.py)
+    ("dapo", ["algorithm.overlong.buffer_len=2", "algorithm.overlong.penalty=0", "algorithm.dynamic_sampling.max_rounds=1"]),
     ("gspo", []),
     ("drgrpo", []), ("rloo", []), ("reinforce_pp", []), ("reinforce_pp_baseline", []),
     ("cispo", []), ("sapo", []), ("gmpo", []), ("dppo", []), ("icepop", []),
@@ -63,7 +65,7 @@ def test_preset_trains(tmp_path, preset, overrides):
         # an untrained model scores 0 everywhere: no group is informative, so the extra round is
         # drawn and the batch is topped up with uninformative groups
         assert all(r["rollout/prompts_drawn"] == 8 and r["rollout/uninformative_filled"] == 4 for r in rows)
-        assert all(r["score/mean"] <= 0 for r in rows)  # overlong shaping: 4-token answers hit the limit
+        assert all(r["score/mean"] == 0 for r in rows)
     if preset == "gspo":
         assert "actor/kl" not in rows[0]  # no reference model
     if preset in ("cispo", "sapo", "gmpo", "dppo"):
@@ -83,3 +85,23 @@ def test_grpo_learns_a_dense_reward(tmp_path):
     rewards = [r["reward/mean"] for r in metrics(tmp_path)]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last > first + 0.2, (first, last, rewards)
+
+
+def test_process_supervision_trains_on_per_step_rewards(tmp_path):
+    """grpo_process end to end: responses cut at '3', a per-step python source rewarding the 7s of each
+    step, the process advantages (each token credited with the normalised rewards of the steps ending
+    at or after it). The policy writes more 7s within 20 steps, as with the outcome reward."""
+    fns = Path(__file__).with_name("trainer_reward_fns.py")
+    extra = ("reward:\n  sources:\n"
+             f"    - {{type: python, path: '{fns}:sevens_per_step', per_step: true}}\n"
+             "algorithm:\n  advantage: grpo_process\n  process: {step_separator: '3'}\n")
+    cfg = write_config(tmp_path, "grpo", extra_yaml=extra)
+    result = run_train(cfg, "trainer.total_steps=20", "algorithm.prompts_per_step=8", "algorithm.mini_batch_prompts=8",
+                       "rollout.sampling.max_new_tokens=6", "actor.optim.lr=1e-3")
+    assert result.returncode == 0, explain(result)
+    rows = metrics(tmp_path)
+    _finite(rows, "actor/loss", "actor/grad_norm", "rollout/steps_per_response", "actor/advantage_abs_max")
+    assert any(r["rollout/steps_per_response"] > 1 for r in rows)  # some responses hold several steps
+    rewards = [r["reward/mean"] for r in rows]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.1, (first, last, rewards)

@@ -19,7 +19,7 @@ def all_arguments(prompt, response, answer, finish_reason, metadata):
 
 
 def with_kwargs(**kwargs):
-    return float(sorted(kwargs) == ["answer", "finish_reason", "metadata", "prompt", "response"])
+    return float(sorted(kwargs) == ["answer", "finish_reason", "metadata", "prompt", "response", "steps"])
 
 
 def takes_a_sample(inp):

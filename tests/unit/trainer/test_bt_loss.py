@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from megatron_rl.rewards.reward_model import RunningMeanStd
-from megatron_rl.trainer import reward_model as rm
+from megatron_rl.trainer.reward_model import RunningMeanStd
+from megatron_rl.trainer.reward_model import training as rm
 
 # chosen - rejected = 1, -1, 0 (a tie counts as wrong)
 CHOSEN = torch.tensor([2.0, 0.5, -1.0], dtype=torch.float64)
@@ -128,7 +128,7 @@ def test_running_mean_std_matches_the_whole_history():
 
 
 def test_reward_model_score_is_weighted_and_optionally_normalised():
-    from megatron_rl.rewards.reward_model import RewardModelScorer
+    from megatron_rl.trainer.reward_model import RewardModelScorer
 
     raw = torch.tensor([1.0, 3.0, 2.0, 6.0])
     plain = RewardModelScorer(None, name="reward_model", weight=0.5, normalize="none", path="x")

@@ -2,6 +2,8 @@
 
 The engine and the reward runner here are scripted test doubles of the two interfaces (fixed
 responses, fixed rewards), so the filter's decision is the only thing under test."""
+import pytest
+
 from megatron_rl.config.schema import AlgorithmConfig
 from megatron_rl.data.prompts import PromptItem
 from megatron_rl.rewards.base import RewardResult
@@ -45,3 +47,54 @@ def test_dynamic_sampling_keeps_groups_that_only_the_overlong_shaping_tells_apar
     assert [s.prompt_ids[0] for s in result.samples] == [0, 0, 0, 0]
     assert result.scores == [1.0, 0.0, 1.0, 0.0]  # shaped: the 6-token responses lose 1
     assert result.rewards == [1.0] * 4
+
+
+# --- process supervision: steps, per-step rewards, the batch ------------------------------------------
+
+def test_split_steps_ends_each_step_on_the_token_that_completes_the_separator():
+    from megatron_rl.data.synthetic import build_char_tokenizer
+    from megatron_rl.trainer.rollout_phase import split_steps
+
+    tok = build_char_tokenizer()
+    ids = tok.encode("12+34+5", add_special_tokens=False)
+    assert split_steps(ids, tok, "+") == (["12+", "34+", "5"], [2, 5, 6])
+    assert split_steps(ids[:6], tok, "+") == (["12+", "34+"], [2, 5])  # ends on a separator: no empty step
+    assert split_steps(ids[:2], tok, "+") == (["12"], [1])  # no separator: one step
+    assert split_steps([], tok, "+") == ([], [])
+    with_eos = ids + [tok.eos_token_id]  # a special token adds no text; the last step ends on it
+    assert split_steps(with_eos, tok, "+") == (["12+", "34+", "5"], [2, 5, 7])
+
+
+def test_build_batch_puts_each_step_reward_on_its_last_token():
+    from megatron_rl.trainer.batch import build_batch
+
+    s = Sample(prompt_ids=[1, 2], response_ids=[5, 6, 7, 8], logprobs=[-1.0] * 4, finish_reason="stop")
+    batch = build_batch([s], [9.0], step_ends=[[1, 3]], step_scores=[[0.5, 2.0]])
+    assert batch["step_end_mask"].tolist() == [[0, 0, 0, 1, 0, 1]]
+    assert batch["token_rewards"].tolist() == [[0, 0, 0, 0.5, 0, 2.0]]
+    assert "step_end_mask" not in build_batch([s], [9.0])
+
+
+def test_per_step_sources_score_each_step_and_outcome_sources_join_the_last(tmp_path):
+    """A per-step python source (weight 2) beside an outcome source (weight 1) in the real runner:
+    step rewards 2 * (7s in the step), plus the outcome on the last step; the scalar score uses the
+    per-step source's mean. A wrong number of step scores fails the sample, not the batch."""
+    from megatron_rl.rewards import RewardInput, RewardRunner
+    from megatron_rl.rewards.python_fn import PythonFunctionReward
+
+    fns = tmp_path / "fns.py"
+    fns.write_text("def per_step(steps):\n    return [float(s.count('7')) for s in steps]\n\n"
+                   "def outcome(response):\n    return 10.0\n\n"
+                   "def too_few(steps):\n    return [1.0]\n")
+    sources = [("python", 2.0, PythonFunctionReward(f"{fns}:per_step", per_step=True)),
+               ("python_1", 1.0, PythonFunctionReward(f"{fns}:outcome"))]
+    inputs = [RewardInput(prompt="p", response="77+7+1", steps=("77+", "7+", "1")),
+              RewardInput(prompt="p", response="", steps=())]
+    with RewardRunner(sources, workers=1) as runner:
+        result = runner.score(inputs)
+    assert result.step_scores == [[4.0, 2.0, 0.0 + 10.0], []]
+    assert result.scores == [pytest.approx(2.0 * (3 / 3) + 10.0), 10.0]  # the empty response: mean of no steps 0
+    with RewardRunner([("python", 1.0, PythonFunctionReward(f"{fns}:too_few", per_step=True))], workers=1) as runner:
+        bad = runner.score(inputs[:1])
+    assert bad.failed == [True] and "1 step scores for a response of 3 steps" in bad.errors[0]
+    assert bad.step_scores == [[0.0, 0.0, 0.0]]

@@ -26,9 +26,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..config.errors import ConfigError
-from ..config.schema import RunConfig
-from .batch import data_parallel_shard
+from ...config.errors import ConfigError
+from ...config.schema import RunConfig
+from ..batch import data_parallel_shard
 
 Pair = tuple[list[int], list[int]]  # (prompt + chosen + EOS, prompt + rejected + EOS) token ids
 
@@ -55,7 +55,7 @@ def last_token_rewards(output: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
 # ================================================================== data
 def load_pairs(path: str, tokenizer, data_cfg, rm_cfg, key: str) -> list[Pair]:
     """Token rows of every preference pair in `path`; DataError (one line) for a bad row."""
-    from ..data.prompts import DataError, iter_rows, render_prompt
+    from ...data.prompts import DataError, iter_rows, render_prompt
 
     keys = ((data_cfg.prompt_key, "data.prompt_key"), (rm_cfg.chosen_key, "rm.chosen_key"),
             (rm_cfg.rejected_key, "rm.rejected_key"))
@@ -126,8 +126,8 @@ def check_batch_layout(rm_cfg, dp: int) -> None:
 def build_reward_role(model, parallel, optim, *, total_steps: int, hf_path: Optional[str], recompute: str = "none"):
     """A trainable reward role from a causal LM or reward model checkpoint (a missing score head
     stays at zero), or at random without `hf_path`."""
-    from ..models.hf_io import load_hf_weights
-    from ..models.role import MegatronRole
+    from ...models.hf_io import load_hf_weights
+    from ...models.role import MegatronRole
 
     role = MegatronRole.build("reward", model, parallel, recompute=recompute)
     if hf_path is not None:
@@ -142,7 +142,7 @@ def train_pairs_step(role, pairs: list[Pair], *, margin: float, micro_batch_size
                      dp_rank: int, dp: int) -> dict:
     """One optimizer step on `pairs` (the global batch, identical on every rank); returns
     loss, accuracy, margin, chosen, rejected, grad_norm, lr (global means, on every rank)."""
-    from ..models.forward import split_micro_batches
+    from ...models.forward import split_micro_batches
 
     total = len(pairs)
 
@@ -159,7 +159,7 @@ def score_pairs(role, pairs: list[Pair], *, micro_batch_size: int, pad_id: int) 
     """Rewards of every pair's chosen and rejected rows, DP-sharded then gathered: ([P], [P]) on every rank."""
     from megatron.core import parallel_state as ps
 
-    from ..models.forward import select_rows
+    from ...models.forward import select_rows
 
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     batch = pair_batch(pairs, pad_id)
@@ -184,8 +184,8 @@ def export_reward_model(role, out_dir: str, model, tokenizer, tokenizer_source=N
     """HF *ForSequenceClassification + tokenizer (the files of `tokenizer_source`, copied); collective.
     config.json gets the tokenizer's pad id, which transformers needs to find each row's last token in
     a padded batch."""
-    from ..data.prompts import export_tokenizer
-    from ..models.hf_io import save_hf
+    from ...data.prompts import export_tokenizer
+    from ...models.hf_io import save_hf
 
     save_hf(role.chunks, out_dir, model, role="reward")
     if dist.get_rank() == 0:
@@ -203,9 +203,9 @@ def export_reward_model(role, out_dir: str, model, tokenizer, tokenizer_source=N
 def run_rm(cfg: RunConfig) -> dict:
     from megatron.core import parallel_state as ps
 
-    from ..data import DataError, PromptSampler, load_tokenizer
-    from ..parallel import init_parallel
-    from .tracking import Tracker
+    from ...data import DataError, PromptSampler
+    from ...parallel import init_parallel
+    from ..setup import run_tokenizer, stage_tracker
 
     r = cfg.rm
     if not r.train_path:
@@ -213,19 +213,14 @@ def run_rm(cfg: RunConfig) -> dict:
     check_batch_layout(r, cfg.parallel.data_parallel_size(int(os.environ.get("WORLD_SIZE", "1"))))
     init_parallel(cfg.parallel, seed=cfg.run.seed)
     rank0, dp, dp_rank = dist.get_rank() == 0, ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    tokenizer = load_tokenizer(cfg.data.tokenizer or cfg.model.hf_path)
-    pad_id = tokenizer.pad_token_id  # load_tokenizer made EOS the pad when there was none
+    tokenizer, pad_id = run_tokenizer(cfg)
     train = load_pairs(r.train_path, tokenizer, cfg.data, r, "rm.train_path")
     held_out = load_pairs(r.eval_path, tokenizer, cfg.data, r, "rm.eval_path") if r.eval_path else None
     sampler = PromptSampler(len(train), shuffle=True, seed=cfg.run.seed)  # the same order on every rank
     role = build_reward_role(cfg.model, cfg.parallel, r.optim, total_steps=r.steps, hf_path=cfg.model.hf_path,
                              recompute=cfg.actor.recompute)
     out_dir = Path(r.output_dir)
-    tracker = None
-    if rank0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tracker = Tracker(cfg.logging.model_copy(update={"log_every": r.log_every}), str(out_dir),
-                          total_steps=r.steps, run_name=f"{cfg.run.name}-rm", desc="rm")
+    tracker = stage_tracker(cfg, r.output_dir, steps=r.steps, log_every=r.log_every, stage="rm", rank0=rank0)
 
     def evaluate(step: int):
         metrics, chosen, rejected = evaluate_pairs(role, held_out, r, pad_id)
@@ -344,7 +339,7 @@ def make_arithmetic_preferences(root: str, *, wrong_per_problem: tuple[int, int]
     problem, never a train problem) under `root`; returns their paths."""
     import random
 
-    from ..data.synthetic import prepare_demo_data
+    from ...data.synthetic import prepare_demo_data
 
     paths = prepare_demo_data(root, max_value=max_value, n_train=n_train, n_eval=n_eval, seed=seed)
     rng = random.Random(seed)

@@ -1,4 +1,5 @@
-"""The `reward_model` reward source: a Bradley-Terry reward model scored on the trainer's ranks.
+"""The `reward_model` reward source: a Bradley-Terry reward model scored on the trainer's ranks
+(the reward runner's workers never see it; rewards/ only knows its type).
 
     reward:
       sources:
@@ -21,15 +22,10 @@ restarted when the model is retrained by rm.iterative, since its scale changes).
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional
 
-from .base import RewardInput, RewardResult
-
-if TYPE_CHECKING:  # torch and the config package are imported where used: reward workers import this package
-    import torch
+import torch
 
 
 class RunningMeanStd:
@@ -63,54 +59,12 @@ class RunningMeanStd:
 
 
 def reward_model_config(path: str, policy, parallel, key: str):
-    """The reward model's ModelConfig from `path`/config.json (dtype and kernels follow the policy);
-    ConfigError naming `key` when the checkpoint is missing, not a reward model, or does not fit the
-    parallel layout."""
-    from ..config.errors import ConfigError
-    from ..config.hf import model_fields_from_hf
-    from ..config.schema import ModelConfig
+    """The reward model's ModelConfig from `path`/config.json (config.hf.side_model_config)."""
+    from ...config.hf import side_model_config
 
-    config_json = Path(path).expanduser() / "config.json"
-    if not config_json.is_file():
-        raise ConfigError(f"{key}: no config.json in {path}: point it at a reward model exported by "
-                          "`megatron-rl rm` (rm.output_dir/hf) or another *ForSequenceClassification checkpoint")
-    try:
-        hf = json.loads(config_json.read_text(encoding="utf-8"))
-        fields = model_fields_from_hf(hf, where=str(config_json))
-    except ConfigError as exc:
-        raise ConfigError(f"{key}: {str(exc).removeprefix('model.hf_path: ')}") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{key}: cannot read {config_json}: {exc}") from None
-    arch = (hf.get("architectures") or ["?"])[0]
-    if not arch.endswith("ForSequenceClassification") or hf.get("num_labels", 1) != 1:
-        raise ConfigError(f"{key}: {path} holds a {arch} (num_labels {hf.get('num_labels', 1)}), not a reward "
-                          "model with one score: train one with `megatron-rl rm` and point path at its hf directory")
-    model = ModelConfig(**fields, hf_path=str(path), dtype=policy.dtype, kernels=policy.kernels)
-    tp, pp = parallel.tensor, parallel.pipeline
-    for name, value, by in (("num_attention_heads", model.num_attention_heads, tp),
-                            ("num_query_groups", model.num_query_groups, tp), ("num_layers", model.num_layers, pp)):
-        if value % by:
-            raise ConfigError(f"{key}: the reward model's {name} {value} is not divisible by the parallel layout's "
-                              f"{'tensor' if by == tp else 'pipeline'} size {by}: use a reward model that splits "
-                              "over parallel.*")
-    return model
-
-
-def check_same_tokenizer(rm_path: str, policy_tokenizer_path: Optional[str], key: str) -> None:
-    """The scorer reads the policy's token ids: the reward model must share the policy's tokenizer."""
-    from ..config.errors import ConfigError
-    from ..data import load_tokenizer
-    from ..data.prompts import TOKENIZER_FILES
-
-    has_tokenizer = any((Path(rm_path) / f).is_file() for f in TOKENIZER_FILES)
-    if not has_tokenizer or policy_tokenizer_path is None:
-        return  # nothing to compare beyond the vocab size (the caller checks it)
-    mine, theirs = load_tokenizer(rm_path).get_vocab(), load_tokenizer(policy_tokenizer_path).get_vocab()
-    if mine != theirs:
-        differ = sorted(set(mine.items()) ^ set(theirs.items()))[:1]
-        raise ConfigError(f"{key}: the reward model's tokenizer ({rm_path}) differs from the policy's "
-                          f"({policy_tokenizer_path}; first difference {differ}): the reward model scores the "
-                          "policy's token ids, so train it with the policy's tokenizer (data.tokenizer)")
+    return side_model_config(path, policy, parallel, key, what="reward model", classifier=True,
+                             hint="point it at a reward model exported by `megatron-rl rm` (rm.output_dir/hf) or "
+                                  "another *ForSequenceClassification checkpoint with one label")
 
 
 class RewardModelScorer:
@@ -119,7 +73,6 @@ class RewardModelScorer:
     Built with `optim` (rm.iterative) it is wrapped for training; without, it only scores.
     """
 
-    scored_by_trainer = True  # build_reward_functions leaves it out of the worker processes
 
     def __init__(self, role, *, name: str, weight: float, normalize: str, path: str):
         self.role, self.name, self.weight, self.normalize, self.path = role, name, weight, normalize, path
@@ -133,8 +86,8 @@ class RewardModelScorer:
         `cfg` is the RunConfig: the policy's model (dtype, kernels, tokenizer, vocab) and the parallel
         layout decide how the reward model is built.
         """
-        from ..config.errors import ConfigError
-        from ..models.role import MegatronRole
+        from ...data.prompts import check_same_tokenizer
+        from ...models.role import MegatronRole
 
         found = [(i, s) for i, s in enumerate(cfg.reward.sources) if s.type == "reward_model"]
         if not found:
@@ -142,10 +95,7 @@ class RewardModelScorer:
         index, source = found[0]
         key = f"{prefix}.sources[{index}].path"
         model = reward_model_config(source.path, cfg.model, cfg.parallel, key)
-        if model.vocab_size != cfg.model.vocab_size:
-            raise ConfigError(f"{key}: the reward model's vocab_size {model.vocab_size} differs from the policy's "
-                              f"{cfg.model.vocab_size}: it must use the policy's tokenizer")
-        check_same_tokenizer(source.path, cfg.data.tokenizer or cfg.model.hf_path, key)
+        check_same_tokenizer(source.path, cfg.data.tokenizer or cfg.model.hf_path, key, what="reward model")
         role = MegatronRole.build("reward", model, cfg.parallel, optim, total_steps=total_steps, hf_path=source.path)
         # one reward_model source at most (schema), so its metric name is the type, as for the others
         return cls(role, name="reward_model", weight=float(source.weight), normalize=source.normalize or "none",
@@ -177,15 +127,3 @@ class RewardModelScorer:
 
     def load_state_dict(self, state: dict) -> None:
         self.stats.load_state_dict(state["stats"])
-
-
-class NoWorkerRewards:
-    """The reward runner of a run whose only source is the reward model: every rule-based sum is 0."""
-
-    def score(self, inputs: Sequence[RewardInput]) -> RewardResult:
-        n = len(inputs)
-        return RewardResult(scores=[0.0] * n, failed=[False] * n, errors=[None] * n, source_scores={},
-                            metrics={"reward/failed": 0.0, "reward/timeouts": 0.0})
-
-    def close(self) -> None:
-        pass
