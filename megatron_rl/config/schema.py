@@ -217,11 +217,14 @@ class RewardSource(Section):
     # code: per-run wall clock (the CPU limit is the same, rounded up) and address space of a program
     time_limit_s: Optional[float] = Field(None, gt=0)  # default 5
     memory_mb: Optional[int] = Field(None, ge=64)  # default 1024
+    # code: run even where the kernel-level layers (namespaces, read-only mounts, seccomp) are
+    # missing, with the Python audit hook as the only guard (docs/rewards.md); default: refuse
+    weak_sandbox: Optional[bool] = None
 
     # field -> the source types that read it
     TYPE_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
         "batch_size": ("remote",), "request_timeout_s": ("remote",), "retries": ("remote",),
-        "time_limit_s": ("code",), "memory_mb": ("code",), "normalize": ("reward_model",),
+        "time_limit_s": ("code",), "memory_mb": ("code",), "weak_sandbox": ("code",), "normalize": ("reward_model",),
     }
 
     @model_validator(mode="after")

@@ -42,6 +42,8 @@ from .sandbox import ALL_LAYERS, Limits, SandboxError, probe, run
 
 logger = logging.getLogger("megatron_rl.rewards")
 
+# without these a program meets only rlimits and the audit hook (which Python code can undo)
+KERNEL_LAYERS = ("user_ns", "net_ns", "readonly_fs", "seccomp")
 DEFAULT_TIME_LIMIT_S = 5.0
 DEFAULT_MEMORY_MB = 1024
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -128,6 +130,12 @@ class CodeReward:
         except SandboxError as exc:
             raise ConfigError(f"{key}.type: the code sandbox cannot run on this machine: {exc}") from None
         missing = [name for name in ALL_LAYERS if name not in layers]
+        weak = [name for name in KERNEL_LAYERS if name not in layers]
+        if weak and not getattr(source, "weak_sandbox", None):
+            raise ConfigError(f"{key}: the code sandbox lacks its kernel-level layers here ({', '.join(weak)}; "
+                              "user namespaces are off, e.g. Docker's default seccomp profile), leaving a Python "
+                              "audit hook that a program can switch off as the only guard: enable user namespaces "
+                              f"(docs/rewards.md), or accept the weaker sandbox with {key}.weak_sandbox=true")
         if missing:
             logger.warning("code reward: sandbox layers %s; not available here: %s (see docs/rewards.md)",
                            ", ".join(layers), ", ".join(missing))

@@ -304,6 +304,25 @@ def test_the_layers_are_reported(caplog):
     assert any(", ".join(layers) in r.getMessage() for r in caplog.records)
 
 
+def test_without_the_kernel_layers_code_rewards_are_refused_unless_accepted(monkeypatch, caplog):
+    """Where user namespaces are off (Docker's default seccomp profile) the audit hook would be the
+    only write guard, and a program can switch it off: building the source fails in one line naming
+    the key and both ways out; weak_sandbox: true accepts it with a warning. (It used to warn and run.)"""
+    from megatron_rl.config import ConfigError
+    from megatron_rl.rewards import code_exec
+
+    monkeypatch.setattr(code_exec, "probe", lambda: ("parent_death_signal", "no_capabilities", "rlimits",
+                                                     "audit_hook"))
+    with pytest.raises(ConfigError, match=r"^reward.sources\[1\]: the code sandbox lacks its kernel-level layers here "
+                                          r"\(user_ns, net_ns, readonly_fs, seccomp;.*reward.sources\[1\].weak_sandbox=true"):
+        CodeReward.from_source(RewardSource(type="code"), "reward.sources[1]")
+    with caplog.at_level(logging.WARNING, logger="megatron_rl.rewards"):
+        CodeReward.from_source(RewardSource(type="code", weak_sandbox=True), "reward.sources[1]")
+    assert any("not available here: user_ns" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="weak_sandbox applies to type code only"):
+        RewardSource(type="math", weak_sandbox=True)
+
+
 def test_code_config_fields():
     reward = CodeReward.from_source(RewardSource(type="code", time_limit_s=2.5, memory_mb=300), "k")
     assert (reward.limits.time_s, reward.limits.memory_mb) == (2.5, 300)
