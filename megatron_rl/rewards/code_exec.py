@@ -14,8 +14,9 @@ or the parsed value, in one of these shapes:
 stdin/stdout: each pair is one run of the program (as `__main__`) with that stdin; it passes when it
 exits 0 and its stdout equals the expected output up to trailing whitespace on each line and
 trailing blank lines. Asserts: one run; the program is executed as a module (`__name__ ==
-"solution"`, so an `if __name__ == "__main__":` demo does not run), then each block in its
-namespace; a block passes when it does not raise. Call-based tests (`fn_name`) are not supported:
+"solution"`, so an `if __name__ == "__main__":` demo does not run), then each test in its
+namespace: `assert <expr> == <literal>` is judged in the parent against the literal (sandbox.split_assert),
+any other block passes when it does not raise. Call-based tests (`fn_name`) are not supported:
 write them as asserts.
 
 Score: the share of tests passed, in [0, 1]; a wrong or crashing program scores what it passed.

@@ -107,6 +107,43 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
+def split_assert(test: str):
+    """`assert <expr> == <literal>` (one statement, an optional message) -> (the expression's source,
+    the literal's value); None for any other test. The expression is evaluated in the sandbox and
+    its repr compared here, so the expected value never enters the program's process and a verdict
+    cannot be forged from inside it (an object whose __eq__ always says True has no literal repr)."""
+    import ast
+
+    try:
+        tree = ast.parse(test)
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+        return None
+    test_expr = tree.body[0].test
+    if not (isinstance(test_expr, ast.Compare) and len(test_expr.ops) == 1 and isinstance(test_expr.ops[0], ast.Eq)):
+        return None
+    try:
+        expected = ast.literal_eval(test_expr.comparators[0])
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return ast.get_source_segment(test, test_expr.left), expected
+
+
+def _judge_value(line: str, expected) -> bool:
+    """The sandbox's repr of a value against the expected literal, with the test's own ==."""
+    import ast
+
+    try:
+        got = ast.literal_eval(line)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False  # not a literal: a custom object, or a forged line
+    try:
+        return bool(got == expected)  # the assert's own comparison, on plain values
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def run(
     program: str,
     *,
@@ -119,8 +156,11 @@ def run(
     python: str = sys.executable,
 ) -> RunResult:
     """Run `program` once. With `asserts`, run it as a module (`__name__ == "solution"`), then each
-    test block in its namespace; `verdicts` says which ran without raising. The switches turn
-    layers off (for tests of one layer alone); they never fail when a layer is unavailable."""
+    test in its namespace; `verdicts` says which passed. A test `assert <expr> == <literal>` is
+    judged here: the sandbox sends back repr(<expr>) and this process compares it with the literal,
+    which the program never sees; any other test block passes when it runs without raising, a
+    verdict the program could forge (docs/rewards.md). The switches turn layers off (for tests of
+    one layer alone); they never fail when a layer is unavailable."""
     root = tempfile.mkdtemp(prefix="megatron_rl_sandbox_")
     proc = None
     try:
@@ -129,10 +169,11 @@ def run(
         with open(os.path.join(work, "solution.py"), "w", encoding="utf-8") as f:
             f.write(program)
         tests_file = None
+        judged = [split_assert(t) for t in asserts] if asserts is not None else []
         if asserts is not None:  # read (and deleted) by the child before the program starts
             tests_file = os.path.join(work, ".tests.json")
-            with open(tests_file, "w", encoding="utf-8") as f:
-                json.dump(list(asserts), f)
+            with open(tests_file, "w", encoding="utf-8") as f:  # the expected literals stay here
+                json.dump([{"expr": j[0]} if j else {"block": t} for t, j in zip(asserts, judged)], f)
         paths = {name: os.path.join(root, name) for name in ("stdin", "stdout", "stderr", "report")}
         with open(paths["stdin"], "w", encoding="utf-8") as f:
             f.write(stdin)
@@ -179,12 +220,19 @@ def run(
         program_error = ""
         if asserts is not None:
             verdicts = [False] * len(asserts)
+            values: dict[int, list[str]] = {}
             for line in report[1:]:
                 kind, _, rest = line.partition(" ")
-                if kind == "pass" and rest.isdigit() and int(rest) < len(verdicts):
-                    verdicts[int(rest)] = True
+                index, _, value = rest.partition(" ")
+                k = int(index) if index.isdigit() and int(index) < len(verdicts) else None
+                if kind == "pass" and k is not None and judged[k] is None and not value:
+                    verdicts[k] = True
+                elif kind == "value" and k is not None:
+                    values.setdefault(k, []).append(value)
                 elif kind == "program":
                     program_error = rest
+            for k, sent in values.items():  # one value per judged test: a second line is a forgery
+                verdicts[k] = judged[k] is not None and len(sent) == 1 and _judge_value(sent[0], judged[k][1])
         if timed_out:
             status, reason = "timeout", f"wall-clock limit of {limits.time_s:g} s"
         elif proc.returncode < 0:

@@ -14,7 +14,9 @@ Layers, in order (each one that takes effect is named in the report line):
   seccomp              kernel filter: no sockets, no fork/exec, no signals to other processes
   audit_hook           Python-level: sockets, DNS, processes, ctypes, file writes outside the work dir
 The report line (JSON, on the report fd) is written last, right before the program starts; in
-`asserts` mode the verdicts follow on the same fd. A missing report line means setup failed.
+`asserts` mode the results follow on the same fd: `value k <repr>` for an `assert <expr> ==
+<literal>` test (the parent compares it with the literal, which never comes here), `pass k` /
+`fail k ...` for any other test block. A missing report line means setup failed.
 """
 import builtins
 import ctypes
@@ -267,23 +269,30 @@ def main() -> None:
         exec(compile(source, "solution.py", "exec"),
              {"__name__": "__main__", "__file__": "solution.py", "__builtins__": builtins})
         return
-    # asserts: define the program as a module, then run each test block in its namespace
+    # asserts: define the program as a module, then run each test in its namespace. The builtins the
+    # harness needs are bound now: a program that replaces builtins.exec or repr does not reach them.
+    # An {"expr"} test sends back repr(value) and the parent judges it against a literal it keeps.
+    run_code, evaluate, compile_, repr_, write, exit_ = exec, eval, compile, repr, os.write, os._exit
     namespace = {"__name__": "solution", "__file__": "solution.py", "__builtins__": builtins}
     try:
-        exec(compile(source, "solution.py", "exec"), namespace)
+        run_code(compile_(source, "solution.py", "exec"), namespace)
     except BaseException as exc:  # noqa: BLE001 - SystemExit in the program fails every test
-        os.write(report, f"program {_one_line(exc)}\n".encode())
-        os._exit(1)
+        write(report, f"program {_one_line(exc)}\n".encode())
+        exit_(1)
     for k, test in enumerate(asserts):
         try:
-            exec(compile(test, f"<test {k}>", "exec"), namespace)
-            line = f"pass {k}"
+            if "expr" in test:
+                value = evaluate(compile_(test["expr"], f"<test {k}>", "eval"), namespace)
+                line = f"value {k} {repr_(value)}".replace("\n", " ")
+            else:
+                run_code(compile_(test["block"], f"<test {k}>", "exec"), namespace)
+                line = f"pass {k}"
         except BaseException as exc:  # noqa: BLE001
             line = f"fail {k} {_one_line(exc)}"
-        os.write(report, (line + "\n").encode())
-    os.write(report, b"end\n")
+        write(report, (line + "\n").encode())
+    write(report, b"end\n")
     sys.stdout.flush()
-    os._exit(0)
+    exit_(0)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,49 @@ def test_asserts_give_the_share_and_a_broken_program_fails_them_all():
     assert res.verdicts == [True, False, False] and res.status in ("killed", "timeout")
 
 
+ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"]
+FORGERIES = {
+    # writes passing verdicts for every test to the inherited report descriptor, then leaves
+    "report_fd": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b''.join(b'pass %d\\n' % k "
+                 "for k in range(3)) + b''.join(b'value %d 7\\n' % k for k in range(3)) + b'end\\n')\n"
+                 "    except OSError:\n        pass\nos._exit(0)\n",
+    # replaces the builtins the harness runs tests with, so no assert would run
+    "builtins": "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.eval = lambda *a, **k: 3\n"
+                "def add(a, b):\n    return -5\n",
+    # an object equal to everything
+    "always_equal": "class Yes:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
+                    "def add(a, b):\n    return Yes()\n",
+    # a repr that claims the value of the first test
+    "lying_repr": "class Three:\n    def __repr__(self):\n        return '3'\n    def __eq__(self, o):\n"
+                  "        return True\ndef add(a, b):\n    return Three()\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FORGERIES))
+def test_a_program_cannot_forge_its_asserts_verdicts(kind):
+    """Each exploit scored 1.0 before (verdicts came from the program's own process); now the
+    `assert <expr> == <literal>` tests are judged in the parent, against literals the program never
+    sees. The lying repr can only claim a value: here the one of the first test, which it guessed."""
+    res = run(FORGERIES[kind], asserts=ADD_TESTS, limits=Limits(time_s=3))
+    expected = [True, False, False] if kind == "lying_repr" else [False, False, False]
+    assert res.verdicts == expected, (kind, res.verdicts, res.reason)
+    honest = run("import threading\ndef add(a, b):\n    t = threading.Thread(target=lambda: None)\n    t.start()\n"
+                 "    t.join()\n    return a + b\n", asserts=ADD_TESTS, limits=Limits(time_s=3))
+    assert honest.verdicts == [True, True, True]  # legitimate programs (threads included) still pass
+
+
+def test_judged_and_block_tests_side_by_side():
+    from megatron_rl.rewards.sandbox import split_assert
+
+    assert split_assert("assert f(1) == [1, (2, 3)]") == ("f(1)", [1, (2, 3)])
+    assert split_assert("assert f(1) == 2, 'message'") == ("f(1)", 2)
+    for other in ("assert f(1)", "assert f(1) == g(2)", "x = f(1)\nassert x == 2", "assert f(1) < 2", "assert ("):
+        assert split_assert(other) is None, other
+    tests = ["assert add(1, 2) == 3", "r = add(2, 2)\nassert r == 4", "assert add(1, 1) == 2.0", "assert add(0, 0) == 1"]
+    res = run("def add(a, b):\n    return a + b\n", asserts=tests, limits=Limits(time_s=3))
+    assert res.verdicts == [True, True, True, False]  # 2 == 2.0 as in the assert itself
+
+
 def test_code_reward_through_build_reward_runner():
     cfg = RewardConfig(sources=[RewardSource(type="code", time_limit_s=0.5, memory_mb=256)], workers=2, timeout_s=20)
     inputs = [
