@@ -44,7 +44,7 @@ from .sandbox import ALL_LAYERS, Limits, SandboxError, probe, run
 logger = logging.getLogger("megatron_rl.rewards")
 
 # without these a program meets only rlimits and the audit hook (which Python code can undo)
-KERNEL_LAYERS = ("user_ns", "net_ns", "readonly_fs", "seccomp")
+KERNEL_LAYERS = ("user_ns", "net_ns", "readonly_fs", "hidden_fs", "disk_quota", "seccomp")
 DEFAULT_TIME_LIMIT_S = 5.0
 DEFAULT_MEMORY_MB = 1024
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)

@@ -52,6 +52,7 @@ class Limits:
     file_mb: int = 64  # largest file the program may write, its stdout included (RLIMIT_FSIZE)
     processes: int = 32  # RLIMIT_NPROC (counts threads; see the docs for root)
     open_files: int = 64  # RLIMIT_NOFILE
+    disk_mb: int = 128  # the work dir's size: everything the program writes, together (a tmpfs: RAM)
 
 
 @dataclass
@@ -182,7 +183,7 @@ def run(
             "namespaces": namespaces, "seccomp": seccomp, "audit_hook": audit_hook,
             "limits": {"cpu_s": max(1, math.ceil(limits.time_s)), "memory_bytes": limits.memory_mb << 20,
                        "file_bytes": limits.file_mb << 20, "processes": limits.processes,
-                       "open_files": limits.open_files},
+                       "open_files": limits.open_files, "disk_bytes": limits.disk_mb << 20},
         }
         t0 = time.monotonic()
         with open(paths["stdin"], "rb") as fin, open(paths["stdout"], "wb") as fout, \
@@ -287,5 +288,5 @@ def probe() -> tuple:
 
 
 # every layer `run` can set up, in the order the report lists them
-ALL_LAYERS = ("parent_death_signal", "user_ns", "net_ns", "readonly_fs", "no_capabilities", "rlimits",
-              "seccomp", "audit_hook")
+ALL_LAYERS = ("parent_death_signal", "user_ns", "net_ns", "readonly_fs", "hidden_fs", "disk_quota",
+              "no_capabilities", "rlimits", "seccomp", "audit_hook")

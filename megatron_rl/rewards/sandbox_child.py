@@ -8,6 +8,10 @@ Standard library only: it runs before, and apart from, anything of megatron_rl.
 Layers, in order (each one that takes effect is named in the report line):
   user_ns, net_ns      a new user + network namespace: no interface but a down loopback
   readonly_fs          a new mount namespace where every mount is read-only except the work dir
+  hidden_fs            chroot into a tmpfs with bind mounts of the runtime only (/usr, /lib*, /bin,
+                       the interpreter's prefixes and sys.path, a few /dev nodes) and the work dir:
+                       the training data, $HOME, /proc and the rest of the machine are not there
+  disk_quota           the work dir is a fresh tmpfs of the configured size (total disk writes)
   no_capabilities      all capabilities dropped (the user namespace grants a full set), no new privs
   parent_death_signal  SIGKILL when the reward worker that started us dies
   rlimits              CPU seconds, address space, file size, processes, open files, no core dumps
@@ -70,8 +74,60 @@ def _mount_setattr(nr, path, flags, attr_set=0, attr_clr=0) -> bool:
                          ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))) == 0
 
 
-def namespaces(work: str, arch) -> list:
-    """New user + network (+ mount) namespaces; the filesystem read-only except `work`."""
+# what a program sees besides its work dir: the system's runtime and the interpreter's own trees
+_RUNTIME_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
+_RUNTIME_FILES = ("/etc/ld.so.cache", "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+
+
+def _runtime_paths() -> tuple[list, list]:
+    """Directories (outermost only) and files to show inside the hidden filesystem."""
+    dirs = list(_RUNTIME_DIRS) + [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    dirs += [p for p in sys.path if p and os.path.isdir(p)]
+    dirs = sorted({os.path.realpath(d) for d in dirs if os.path.isdir(d)})
+    outer = [d for d in dirs if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in dirs)]
+    return outer, [f for f in _RUNTIME_FILES if os.path.exists(f)]
+
+
+def _hide_filesystem(work: str, disk_bytes: int) -> list:
+    """chroot into a tmpfs holding bind mounts of the runtime only, with `work` a fresh tmpfs of
+    `disk_bytes` (the program's total disk quota). Returns the layers that took effect; on any
+    failure before the chroot nothing changes (the caller's read-only mounts still apply)."""
+    root = os.path.join(os.path.dirname(work), "root")
+    bind = ctypes.c_ulong(MS_BIND | MS_REC)
+    try:
+        os.mkdir(root, 0o700)
+        if _libc.mount(b"tmpfs", os.fsencode(root), b"tmpfs", ctypes.c_ulong(0), b"size=1m,mode=0755") != 0:
+            return []
+        dirs, files = _runtime_paths()
+        for d in _RUNTIME_DIRS:  # merged-/usr systems: /lib -> usr/lib and the like, as on the host
+            if os.path.islink(d):
+                os.symlink(os.readlink(d), root + d)
+        for d in dirs:
+            target = root + d
+            os.makedirs(target, exist_ok=True)
+            if _libc.mount(os.fsencode(d), os.fsencode(target), None, bind, None) != 0:
+                return []
+        for f in files:
+            target = root + f
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "w").close()
+            _libc.mount(os.fsencode(f), os.fsencode(target), None, bind, None)  # best effort: /dev may refuse
+        os.makedirs(root + work)
+        opts = f"size={max(disk_bytes, 4096)},mode=0700".encode()
+        quota = _libc.mount(b"tmpfs", os.fsencode(root + work), b"tmpfs", ctypes.c_ulong(0), opts) == 0
+        if not quota:
+            _libc.mount(os.fsencode(work), os.fsencode(root + work), None, bind, None)
+        os.makedirs(root + "/tmp", exist_ok=True)
+        os.chroot(root)
+    except OSError:
+        return []
+    os.chdir(work)
+    return ["hidden_fs"] + (["disk_quota"] if quota else [])
+
+
+def namespaces(work: str, arch, disk_bytes: int) -> list:
+    """New user + network (+ mount) namespaces; the rest of the filesystem hidden (only the runtime
+    and `work`, a tmpfs of `disk_bytes`, stay visible) and read-only except `work`."""
     uid, gid = os.getuid(), os.getgid()
     if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS) != 0:
         return []
@@ -87,14 +143,16 @@ def namespaces(work: str, arch) -> list:
     layers = ["user_ns", "net_ns"]
     if arch is None:
         return layers
+    if _libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None) != 0:
+        return layers
+    hidden = _hide_filesystem(work, disk_bytes)
     wb = os.fsencode(work)
-    if (_libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None) == 0
-            and _libc.mount(wb, wb, None, ctypes.c_ulong(MS_BIND | MS_REC), None) == 0
+    if ((hidden or _libc.mount(wb, wb, None, ctypes.c_ulong(MS_BIND | MS_REC), None) == 0)
             and _mount_setattr(arch["mount_setattr"], "/", AT_RECURSIVE, attr_set=MOUNT_ATTR_RDONLY)
             and _mount_setattr(arch["mount_setattr"], work, 0, attr_clr=MOUNT_ATTR_RDONLY)):
         layers.append("readonly_fs")
-    os.chdir(work)  # our cwd still points into the mount below the new bind mount: step onto it
-    return layers
+    os.chdir(work)  # our cwd still points into the mount below the new one: step onto it
+    return layers + hidden
 
 
 def drop_capabilities(arch) -> bool:
@@ -239,8 +297,18 @@ def main() -> None:
     work = os.path.realpath(os.getcwd())
     arch = _ARCH.get(platform.machine()) if sys.platform == "linux" else None
     layers = []
+    with open(cfg["program"], encoding="utf-8") as f:  # read before `work` becomes a fresh tmpfs
+        source = f.read()
+    asserts = None
+    if cfg["asserts"]:
+        with open(cfg["asserts"], encoding="utf-8") as f:
+            asserts = json.load(f)
+        os.remove(cfg["asserts"])
     if cfg["namespaces"]:
-        layers += namespaces(work, arch)
+        layers += namespaces(work, arch, cfg["limits"]["disk_bytes"])
+        if not os.path.exists(cfg["program"]):  # a fresh tmpfs: the program's own file, as before
+            with open(cfg["program"], "w", encoding="utf-8") as f:
+                f.write(source)
     if drop_capabilities(arch):
         layers.append("no_capabilities")
     # set after the credential changes above (a change of credentials may clear it)
@@ -252,13 +320,6 @@ def main() -> None:
     layers.append("rlimits")
     if cfg["seccomp"] and seccomp(arch):
         layers.append("seccomp")
-    with open(cfg["program"], encoding="utf-8") as f:
-        source = f.read()
-    asserts = None
-    if cfg["asserts"]:
-        with open(cfg["asserts"], encoding="utf-8") as f:
-            asserts = json.load(f)
-        os.remove(cfg["asserts"])
     if cfg["audit_hook"]:
         sys.addaudithook(make_audit_hook(work))
         layers.append("audit_hook")

@@ -312,7 +312,12 @@ def test_writing_outside_the_work_dir(tmp_path):
 def test_writing_outside_blocked_by_the_read_only_mounts_alone(tmp_path):
     target = tmp_path / "outside.txt"
     res = run(_write_program(target), seccomp=False, audit_hook=False)
-    assert res.status == "error" and "Read-only file system" in res.reason and not target.exists()
+    # hidden (not in the sandbox's filesystem at all) or, without hidden_fs, read-only
+    assert res.status == "error" and not target.exists()
+    assert ("No such file or directory" if "hidden_fs" in res.layers else "Read-only file system") in res.reason
+    # what it does see, the interpreter's runtime, is read-only
+    res = run(_write_program(os.path.join(sys.base_prefix, "sandbox_was_here.txt")), seccomp=False, audit_hook=False)
+    assert res.status == "error" and "Read-only file system" in res.reason
     # its own directory stays writable
     res = run("open('mine.txt', 'w').write('ok')\nprint(open('mine.txt').read())", seccomp=False, audit_hook=False)
     assert res.status == "ok" and res.stdout == "ok\n"
@@ -357,13 +362,41 @@ def test_without_the_kernel_layers_code_rewards_are_refused_unless_accepted(monk
     monkeypatch.setattr(code_exec, "probe", lambda: ("parent_death_signal", "no_capabilities", "rlimits",
                                                      "audit_hook"))
     with pytest.raises(ConfigError, match=r"^reward.sources\[1\]: the code sandbox lacks its kernel-level layers here "
-                                          r"\(user_ns, net_ns, readonly_fs, seccomp;.*reward.sources\[1\].weak_sandbox=true"):
+                                          r"\(user_ns, net_ns, readonly_fs, hidden_fs, disk_quota, seccomp;.*"
+                                          r"reward.sources\[1\].weak_sandbox=true"):
         CodeReward.from_source(RewardSource(type="code"), "reward.sources[1]")
     with caplog.at_level(logging.WARNING, logger="megatron_rl.rewards"):
         CodeReward.from_source(RewardSource(type="code", weak_sandbox=True), "reward.sources[1]")
     assert any("not available here: user_ns" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="weak_sandbox applies to type code only"):
         RewardSource(type="math", weak_sandbox=True)
+
+
+def test_the_program_sees_only_its_work_dir_and_the_runtime(tmp_path):
+    """The training data, $HOME and /proc are not there (they were readable before: the mounts were
+    read-only, not hidden); the interpreter's standard library and site-packages still import."""
+    if "hidden_fs" not in _layers():
+        pytest.skip("no hidden filesystem on this machine (needs user namespaces)")
+    secret = tmp_path / "train.jsonl"
+    secret.write_text('{"answer": "42"}\n')
+    program = (f"import os, json, decimal, threading, numpy\n"
+               f"print(os.path.exists({str(secret)!r}), os.path.exists(os.path.expanduser('~/.bashrc')),\n"
+               f"      os.path.exists('/proc/self'), os.path.exists({os.path.join(os.getcwd(), 'README.md')!r}))\n"
+               f"print(sorted(os.listdir(os.getcwd() and '/')))\n")
+    res = run(program, limits=Limits(time_s=10))
+    assert res.status == "ok", res.reason
+    first, listing = res.stdout.splitlines()
+    assert first == "False False False False"
+    assert "proc" not in listing and "home" not in listing and "sys" not in listing
+
+
+def test_the_work_dir_has_a_total_disk_quota():
+    """Two 3 MiB files under a 4 MiB quota: the second does not fit (each is within the per-file limit)."""
+    if "disk_quota" not in _layers():
+        pytest.skip("no disk quota on this machine (needs user namespaces)")
+    program = "open('a', 'wb').write(b'x' * (3 << 20))\nprint('first')\nopen('b', 'wb').write(b'x' * (3 << 20))\n"
+    res = run(program, limits=Limits(time_s=5, disk_mb=4))
+    assert res.stdout == "first\n" and res.status == "error" and "No space left on device" in res.reason
 
 
 def test_code_config_fields():
