@@ -3,7 +3,7 @@ import typing
 
 import pytest
 
-from megatron_rl.config import GROUP_ESTIMATORS, load_config
+from megatron_rl.config import GROUP_ESTIMATORS, ConfigError, load_config
 from megatron_rl.config.schema import AdvantageEstimator
 
 from megatron_rl.config import CONFIGS_DIR
@@ -40,7 +40,9 @@ def test_model_preset_validates(model, write_yaml):
 @pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("model", REAL_MODELS, ids=lambda p: p.stem)
 def test_algorithm_preset_validates_with_model(algorithm, model, write_yaml):
-    cfg = write_yaml("run.yaml", f"include: [models/{model.name}, algorithms/{algorithm.name}]\n")
+    # opd leaves the teacher checkpoint to the user (test_algorithm_preset_details: it says so)
+    teacher = "distill: {teacher_path: /teacher}\n" if algorithm.stem == "opd" else ""
+    cfg = write_yaml("run.yaml", f"include: [models/{model.name}, algorithms/{algorithm.name}]\n{teacher}")
     load_config(cfg)
 
 
@@ -97,6 +99,11 @@ def test_algorithm_preset_details(write_yaml):
     assert (objectives["sapo"].policy_loss.sapo.tau_pos, objectives["sapo"].policy_loss.sapo.tau_neg) == (1.0, 1.05)
     assert (objectives["gmpo"].policy_loss.gmpo.clip_low, objectives["gmpo"].policy_loss.gmpo.clip_high) == (0.4, 0.4)
     assert objectives["dppo"].policy_loss.dppo.divergence == "tv" and objectives["dppo"].policy_loss.dppo.anchor == "rollout"
+    with pytest.raises(ConfigError, match="distill.enabled needs distill.teacher_path"):
+        _preset("qwen2.5-7b", "opd", write_yaml)  # the preset leaves the teacher to the user
+    opd = load_config(write_yaml("opd.yaml", "include: [models/qwen2.5-7b.yaml, algorithms/opd.yaml]\n"
+                                             "distill: {teacher_path: /teacher}\n"))
+    assert (opd.distill.enabled, opd.distill.mode, opd.distill.coef, opd.algorithm.advantage) == (True, "add", 1.0, "grpo")
     icepop = _preset("qwen2.5-7b", "icepop", write_yaml).algorithm
     assert (icepop.policy_loss.kind, icepop.mismatch.mode, icepop.mismatch.level) == ("ppo", "mask", "token")
     assert (icepop.mismatch.lower, icepop.mismatch.upper) == (0.5, 5.0)
