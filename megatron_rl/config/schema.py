@@ -220,11 +220,15 @@ class RewardSource(Section):
     # code: run even where the kernel-level layers (namespaces, read-only mounts, seccomp) are
     # missing, with the Python audit hook as the only guard (docs/rewards.md); default: refuse
     weak_sandbox: Optional[bool] = None
+    # code: count test blocks other than `assert <expr> == <literal>` (judged inside the program's
+    # process, so forgeable); default: such a sample fails with the reason
+    unjudged_asserts: Optional[bool] = None
 
     # field -> the source types that read it
     TYPE_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
         "batch_size": ("remote",), "request_timeout_s": ("remote",), "retries": ("remote",),
-        "time_limit_s": ("code",), "memory_mb": ("code",), "weak_sandbox": ("code",), "normalize": ("reward_model",),
+        "time_limit_s": ("code",), "memory_mb": ("code",), "weak_sandbox": ("code",), "unjudged_asserts": ("code",),
+        "normalize": ("reward_model",),
     }
 
     @model_validator(mode="after")

@@ -15,9 +15,10 @@ stdin/stdout: each pair is one run of the program (as `__main__`) with that stdi
 exits 0 and its stdout equals the expected output up to trailing whitespace on each line and
 trailing blank lines. Asserts: one run; the program is executed as a module (`__name__ ==
 "solution"`, so an `if __name__ == "__main__":` demo does not run), then each test in its
-namespace: `assert <expr> == <literal>` is judged in the parent against the literal (sandbox.split_assert),
-any other block passes when it does not raise. Call-based tests (`fn_name`) are not supported:
-write them as asserts.
+namespace: `assert <expr> == <literal>` is judged in the parent against the literal (sandbox.split_assert);
+any other block would pass when it does not raise, a verdict the program can forge, so a sample
+with such a block fails (a data problem, named in one line) unless the source sets
+`unjudged_asserts: true`. Call-based tests (`fn_name`) are not supported: write them as asserts.
 
 Score: the share of tests passed, in [0, 1]; a wrong or crashing program scores what it passed.
 The sample *fails* (runner: failed, scored 0, counted in reward/failed and reward/code_failed, the
@@ -39,7 +40,7 @@ import re
 from typing import Any
 
 from .base import RewardInput
-from .sandbox import ALL_LAYERS, Limits, SandboxError, probe, run
+from .sandbox import ALL_LAYERS, Limits, SandboxError, probe, run, split_assert
 
 logger = logging.getLogger("megatron_rl.rewards")
 
@@ -116,16 +117,20 @@ def same_output(got: str, expected: str) -> bool:
 class CodeReward:
     """Source `code`: share of the sample's tests the response's program passes (see module docstring)."""
 
-    def __init__(self, time_limit_s: float = DEFAULT_TIME_LIMIT_S, memory_mb: int = DEFAULT_MEMORY_MB):
+    def __init__(self, time_limit_s: float = DEFAULT_TIME_LIMIT_S, memory_mb: int = DEFAULT_MEMORY_MB,
+                 unjudged_asserts: bool = False):
         self.limits = Limits(time_s=float(time_limit_s), memory_mb=int(memory_mb))
         self.name = "code"
+        # test blocks judged inside the program's process, which it can forge: off unless accepted
+        self.unjudged_asserts = bool(unjudged_asserts)
 
     @classmethod
     def from_source(cls, source: Any, key: str) -> "CodeReward":
         from megatron_rl.config.errors import ConfigError
 
         reward = cls(time_limit_s=getattr(source, "time_limit_s", None) or DEFAULT_TIME_LIMIT_S,
-                     memory_mb=getattr(source, "memory_mb", None) or DEFAULT_MEMORY_MB)
+                     memory_mb=getattr(source, "memory_mb", None) or DEFAULT_MEMORY_MB,
+                     unjudged_asserts=bool(getattr(source, "unjudged_asserts", None)))
         try:
             layers = probe()
         except SandboxError as exc:
@@ -149,6 +154,11 @@ class CodeReward:
         kind, tests = parse_tests(raw)
         program = extract_program(inp.response)
         if kind == "asserts":
+            unjudged = [k for k, t in enumerate(tests) if split_assert(t) is None]
+            if unjudged and not self.unjudged_asserts:
+                raise ValueError(f"code reward: test {unjudged[0]} is not of the form 'assert <expr> == <literal>', "
+                                 "so only the program's own process could judge it, and a program can forge that: "
+                                 "rewrite the tests in that form, or accept it with unjudged_asserts: true")
             result = _stopped(run(program, asserts=tests, limits=self.limits))
             return sum(result.verdicts) / len(tests)
         passed = 0

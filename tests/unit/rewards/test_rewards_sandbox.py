@@ -126,6 +126,15 @@ def test_a_program_cannot_forge_its_asserts_verdicts(kind):
     assert honest.verdicts == [True, True, True]  # legitimate programs (threads included) still pass
 
 
+def test_the_code_reward_refuses_forgeable_test_blocks_unless_accepted():
+    program = "def add(a, b):\n    return a + b\n"
+    tests = {"asserts": ["assert add(1, 2) == 3", "r = add(2, 2)\nassert r == 4"]}
+    with pytest.raises(ValueError, match=r"test 1 is not of the form 'assert <expr> == <literal>'.*unjudged_asserts: true"):
+        CodeReward(time_limit_s=3)(_sample(program, tests))
+    reward = CodeReward.from_source(RewardSource(type="code", time_limit_s=3, unjudged_asserts=True), "k")
+    assert reward(_sample(program, tests)) == 1.0
+
+
 def test_judged_and_block_tests_side_by_side():
     from megatron_rl.rewards.sandbox import split_assert
 
