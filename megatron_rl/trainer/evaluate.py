@@ -14,11 +14,13 @@ from .rollout_phase import score_samples
 
 
 def evaluate(engine, dataset, runner, tokenizer, *, greedy: SamplingParams, sampling: SamplingParams,
-             full_marks: float = 1.0, pass_k: Optional[int] = None, max_prompts: Optional[int] = None) -> dict:
+             full_marks: float = 1.0, pass_k: Optional[int] = None, max_prompts: Optional[int] = None,
+             step_separator: Optional[str] = None) -> dict:
     items = [dataset[i] for i in range(min(len(dataset), max_prompts or len(dataset)))]
     prompts = [it.prompt_ids for it in items]
     batch = engine.generate(prompts, greedy, n=1)
-    rewards, failed, _ = score_samples(batch.samples, items, runner, tokenizer)
+    scored = score_samples(batch.samples, items, runner, tokenizer, step_separator)  # steps for per-step sources
+    rewards, failed = scored.scores, scored.failed
     correct = [r >= full_marks - 1e-6 for r in rewards]
     metrics = {
         "eval/accuracy": sum(correct) / len(correct),
@@ -29,7 +31,7 @@ def evaluate(engine, dataset, runner, tokenizer, *, greedy: SamplingParams, samp
     }
     if pass_k:
         batch = engine.generate(prompts, sampling, n=pass_k)
-        rewards, _, _ = score_samples(batch.samples, items, runner, tokenizer)
+        rewards = score_samples(batch.samples, items, runner, tokenizer, step_separator).scores
         solved = {}
         for s, r in zip(batch.samples, rewards):
             solved[s.prompt_index] = solved.get(s.prompt_index, False) or r >= full_marks - 1e-6

@@ -342,7 +342,9 @@ class RLTrainer:
                            greedy=self._eval_params(self.cfg.rollout.eval_sampling),
                            sampling=self.sampling, pass_k=self.cfg.trainer.eval_pass_k,
                            full_marks=self.full_marks,
-                           max_prompts=self.cfg.data.eval_max_prompts)
+                           max_prompts=self.cfg.data.eval_max_prompts,
+                           step_separator=(self.cfg.algorithm.process.step_separator
+                                           if self.cfg.algorithm.advantage == "grpo_process" else None))
         self.tracker.log(step, metrics, kind="eval")
 
     def _eval_params(self, sampling_cfg) -> SamplingParams:

@@ -44,10 +44,20 @@ def split_steps(response_ids: list[int], tokenizer, separator: str) -> tuple[lis
     return texts, ends
 
 
-def score_samples(samples: list[Sample], items: list, runner, tokenizer, step_separator: Optional[str] = None):
+@dataclass
+class ScoredSamples:
+    scores: list[float]  # the reward sources' weighted sum per sample
+    failed: list[bool]
+    metrics: dict
+    step_ends: Optional[list[list[int]]] = None  # process supervision: see RolloutResult
+    step_scores: Optional[list[list[float]]] = None
+
+
+def score_samples(samples: list[Sample], items: list, runner, tokenizer,
+                  step_separator: Optional[str] = None) -> ScoredSamples:
     """Reward each sample; `items[s.prompt_index]` is its prompt (data.PromptItem). With a
     `step_separator` (process supervision) the responses are cut into steps for the per-step
-    sources. Returns (scores, failed, metrics, step_ends or None, step_scores or None)."""
+    sources, and their step ends and step scores come back too."""
     from ..rewards import RewardInput
 
     steps = [split_steps(s.response_ids, tokenizer, step_separator) if step_separator else ((), None) for s in samples]
@@ -58,7 +68,7 @@ def score_samples(samples: list[Sample], items: list, runner, tokenizer, step_se
               for s, (texts, _) in zip(samples, steps)]
     result = runner.score(inputs)
     step_ends = [ends for _, ends in steps] if step_separator else None
-    return list(result.scores), list(result.failed), dict(result.metrics), step_ends, result.step_scores
+    return ScoredSamples(list(result.scores), list(result.failed), dict(result.metrics), step_ends, result.step_scores)
 
 
 def collect_rollouts(engine, draw_prompts: Callable[[int], list], params: SamplingParams, n: int, *,
@@ -81,8 +91,8 @@ def collect_rollouts(engine, draw_prompts: Callable[[int], list], params: Sampli
         items = draw_prompts(need)
         drawn += need
         batch = engine.generate([it.prompt_ids for it in items], params, n=n)
-        rewards, _, reward_metrics, step_ends, step_scores = score_samples(batch.samples, items, runner, tokenizer,
-                                                                            separator)
+        scored = score_samples(batch.samples, items, runner, tokenizer, separator)
+        rewards, reward_metrics, step_ends, step_scores = scored.scores, scored.metrics, scored.step_ends, scored.step_scores
         for k, v in reward_metrics.items():  # summed over rounds; means are recomputed below
             metrics[k] = metrics.get(k, 0.0) + v if k.endswith(("failed", "timeouts")) else v
         lengths = torch.tensor([len(s.response_ids) for s in batch.samples])

@@ -97,10 +97,11 @@ def test_process_supervision_trains_on_per_step_rewards(tmp_path):
              "algorithm:\n  advantage: grpo_process\n  process: {step_separator: '3'}\n")
     cfg = write_config(tmp_path, "grpo", extra_yaml=extra)
     result = run_train(cfg, "trainer.total_steps=20", "algorithm.prompts_per_step=8", "algorithm.mini_batch_prompts=8",
-                       "rollout.sampling.max_new_tokens=6", "actor.optim.lr=1e-3")
+                       "rollout.sampling.max_new_tokens=6", "actor.optim.lr=1e-3", "trainer.eval_every=20")
     assert result.returncode == 0, explain(result)
     rows = metrics(tmp_path)
     _finite(rows, "actor/loss", "actor/grad_norm", "rollout/steps_per_response", "actor/advantage_abs_max")
+    _finite(metrics(tmp_path, kind="eval"), "eval/reward_mean")  # evaluation scores per step too
     assert any(r["rollout/steps_per_response"] > 1 for r in rows)  # some responses hold several steps
     rewards = [r["reward/mean"] for r in rows]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
