@@ -284,8 +284,8 @@ def _run_job(args: argparse.Namespace, job: str) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"{job} done: " + ", ".join(f"{k}={v}" for k, v in result.items()))
         return 0
-    except PeerFailed:  # rank 0 reported the cause; the other ranks leave quietly
-        return 1
+    except PeerFailed as exc:  # rank 0 reported the cause; the other ranks leave quietly, with its exit code
+        return 2 if exc.bad_input else 1
     finally:
         destroy_parallel()
 

@@ -9,8 +9,18 @@ import torch.distributed as dist
 T = TypeVar("T")
 
 
+# rank 0 failures that are the user's input (the CLI exits 2 for them, with one line)
+BAD_INPUT_ERRORS = ("ConfigError", "CheckpointError")
+
+
 class PeerFailed(RuntimeError):
-    """Raised on the ranks other than 0 when rank 0 failed (rank 0 raises and reports the cause)."""
+    """Raised on the ranks other than 0 when rank 0 failed (rank 0 raises and reports the cause).
+    `bad_input`: rank 0's error was a bad input, so these ranks exit as rank 0 does (2): whichever
+    rank torchrun sees fail first then gives the same exit code."""
+
+    def __init__(self, message: str, bad_input: bool = False):
+        super().__init__(message)
+        self.bad_input = bad_input
 
 
 def from_rank0(fn: Callable[[], T]) -> T:
@@ -22,11 +32,12 @@ def from_rank0(fn: Callable[[], T]) -> T:
         try:
             box[0] = ("ok", fn())
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the peers
-            error, box[0] = exc, ("error", f"{type(exc).__name__}: {exc}")
+            bad_input = any(cls.__name__ in BAD_INPUT_ERRORS for cls in type(exc).__mro__)
+            error, box[0] = exc, ("error", (f"{type(exc).__name__}: {exc}", bad_input))
     dist.broadcast_object_list(box, src=0)
     status, value = box[0]
     if status == "error":
         if error is not None:
             raise error
-        raise PeerFailed(f"rank 0 failed: {value}")
+        raise PeerFailed(f"rank 0 failed: {value[0]}", bad_input=value[1])
     return value
