@@ -462,11 +462,10 @@ class RewardRunner:
         """`steps`: each input's number of steps (per-step sources score each; a failed call scores 0s)."""
         n, names = len(values), self.names
         per_step = self._per_step
-        step_values = [[row[j] if isinstance(row[j], list) else [0.0] * steps[i] if per_step[j] else None
-                        for j in range(len(names))] for i, row in enumerate(values)]
+        # a per-step call that failed left its scalar 0.0: its steps score 0
+        step_values = [[v if isinstance(v, list) else [0.0] * steps[i] for v in row] for i, row in enumerate(values)]
         # a per-step source's scalar is the mean of its step scores (reward/mean, accuracy, filters)
-        values = [[sum(v) / len(v) if isinstance(v, list) and v else 0.0 if isinstance(v, list) else v for v in row]
-                  for row in values]
+        values = [[(sum(v) / len(v) if v else 0.0) if isinstance(v, list) else v for v in row] for row in values]
         scores = [sum(w * v for w, v in zip(self.weights, row)) for row in values]
         step_scores = None
         if any(per_step):
